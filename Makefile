@@ -1,0 +1,88 @@
+# The README's two commands: `make book` and `make test`. Each sets up what it needs itself.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: book book-student test test-lib test-nb test-book test-browser venv clean node-deps chromium mathjax
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+## The book (budget `book`: minutes per chapter on a CPU) into _build/html
+## (DDPM_TUTOR_BUDGET=full make book for the paper's settings on a GPU; `ci` outputs belong to test-book only,
+## since jupyter-cache keys on code, not on the budget, and would otherwise reuse them.)
+book: $(STAMP) mathjax
+	@case "$${DDPM_TUTOR_BUDGET:-book}" in ci) echo "make book: budget ci is for make test-book (_build_ci)"; exit 2;; esac
+	DDPM_TUTOR_BUDGET=$${DDPM_TUTOR_BUDGET:-book} $(BIN)/jupyter-book build . -W -n --keep-going
+
+## The student edition: the same book without solutions (sphinx-exercise hide_solutions) into
+## _build_student/_build/html. It reuses the book's execution cache, so run `make book` first to save time.
+STUDENT_CONFIG := _build_student/_config_student.yml
+book-student: $(STAMP) mathjax
+	@case "$${DDPM_TUTOR_BUDGET:-book}" in ci) echo "make book-student: budget ci is for make test-book"; exit 2;; esac
+	mkdir -p _build_student
+	$(BIN)/python -c 'import sys, yaml, pathlib; c = yaml.safe_load(open("_config.yml")); \
+	c.setdefault("sphinx", {}).setdefault("config", {})["hide_solutions"] = True; \
+	c["sphinx"]["recursive_update"] = True; \
+	c["title"] = c["title"] + " (student edition)"; \
+	c.setdefault("execute", {})["cache"] = str(pathlib.Path("_build/.jupyter_cache").resolve()); \
+	yaml.safe_dump(c, open(sys.argv[1], "w"), sort_keys=False)' $(STUDENT_CONFIG)
+	DDPM_TUTOR_BUDGET=$${DDPM_TUTOR_BUDGET:-book} $(BIN)/jupyter-book build . --config $(STUDENT_CONFIG) \
+	  --path-output _build_student -W -n --keep-going
+	@! grep -rl 'class="solution' _build_student/_build/html --include=*.html \
+	  || { echo "make book-student: a solution is left in the pages above"; exit 1; }
+
+## Every test: the library, the notebooks (nbval, budget ci), the book build and the browser check
+test: test-lib test-nb test-book test-browser
+
+test-lib: $(STAMP)
+	$(BIN)/python -m pytest tests -q
+
+test-nb: $(STAMP)
+	DDPM_TUTOR_BUDGET=ci $(BIN)/python -m pytest -q --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:randomly book
+
+## The book under budget ci into _build_ci/_build/html, with its own execution cache (_build_ci/_build/.jupyter_cache)
+test-book: $(STAMP) mathjax
+	DDPM_TUTOR_BUDGET=ci $(BIN)/jupyter-book build . --path-output _build_ci -W -n --keep-going
+
+## Headless Chromium over every page of the ci build: offline MathJax, players step, Colab links, no
+## request off 127.0.0.1, no console error. Screenshots in _build_ci/screenshots.
+test-browser: node-deps chromium
+	@test -f _build_ci/_build/html/index.html || { echo "test-browser: no _build_ci/_build/html; run make test-book first"; exit 2; }
+	node tests/browser/check_book.mjs _build_ci/_build/html --screenshots _build_ci/screenshots
+
+## Node packages for the browser check and the MathJax the site serves (tests/browser/package.json, locked)
+NODE_STAMP := tests/browser/node_modules/.installed
+node-deps: $(NODE_STAMP)
+$(NODE_STAMP): tests/browser/package.json tests/browser/package-lock.json
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## Debian's Chromium (Playwright's own browser downloads are not used)
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
+
+## MathJax 3 (npm's es5 build) copied into _assets/mathjax, which Sphinx serves as _static/mathjax
+MATHJAX_SRC := tests/browser/node_modules/mathjax/es5
+MATHJAX_DST := _assets/mathjax
+mathjax: $(MATHJAX_DST)/tex-chtml-full.js
+$(MATHJAX_DST)/tex-chtml-full.js: $(NODE_STAMP)
+	rm -rf $(MATHJAX_DST) && mkdir -p $(MATHJAX_DST)/output
+	cp $(MATHJAX_SRC)/tex-chtml-full.js $(MATHJAX_SRC)/startup.js $(MATHJAX_DST)/
+	cp -r $(MATHJAX_SRC)/input $(MATHJAX_SRC)/ui $(MATHJAX_SRC)/a11y $(MATHJAX_SRC)/sre $(MATHJAX_SRC)/adaptors $(MATHJAX_DST)/
+	cp -r $(MATHJAX_SRC)/output/chtml $(MATHJAX_SRC)/output/chtml.js $(MATHJAX_DST)/output/
+	cp tests/browser/node_modules/mathjax/LICENSE $(MATHJAX_DST)/LICENSE
+	touch $@
+
+clean:
+	rm -rf _build _build_ci _build_student _assets

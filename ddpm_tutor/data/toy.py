@@ -1,0 +1,45 @@
+"""Two-dimensional toy data sets, scaled to roughly unit variance."""
+from __future__ import annotations
+
+import math
+
+import torch
+from sklearn import datasets as skd
+
+Tensor = torch.Tensor
+TOY2D = ("moons", "swiss_roll", "8gaussians", "checkerboard")
+
+
+def _seed_from(generator: torch.Generator | None) -> int:
+    # scikit-learn wants an int seed; derive it from the torch generator so one seed drives everything
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+def toy2d(name: str, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """n points (n, 2) float32 of a named 2D toy distribution, centred and scaled to about unit std.
+
+    moons and swiss_roll come from scikit-learn (make_moons, make_swiss_roll); 8gaussians is a ring of
+    eight narrow Gaussians; checkerboard is uniform on the dark squares of a 4x4 board.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if name == "moons":
+        x, _ = skd.make_moons(n, noise=0.05, random_state=_seed_from(generator))
+        x = torch.as_tensor(x, dtype=torch.float32)
+        return (x - torch.tensor([0.5, 0.25])) / torch.tensor([0.87, 0.5]) * 0.8
+    if name == "swiss_roll":
+        x, _ = skd.make_swiss_roll(n, noise=0.3, random_state=_seed_from(generator))
+        return torch.as_tensor(x[:, [0, 2]], dtype=torch.float32) / 7.5
+    if name == "8gaussians":
+        k = torch.randint(0, 8, (n,), generator=generator)
+        angle = k.float() * (2 * math.pi / 8)
+        centres = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1) * 1.5
+        return centres + 0.1 * torch.randn(n, 2, generator=generator)
+    if name == "checkerboard":
+        u = torch.rand(n, 2, generator=generator) * 4  # cell coordinates in [0, 4)
+        cell = u.floor()
+        # move points on light squares one cell to the right (wrapping) so all land on dark squares
+        light = (cell.sum(dim=1) % 2) == 1
+        u[light, 0] = (u[light, 0] + 1) % 4
+        return (u - 2) * 0.75
+    raise ValueError(f"name must be one of {TOY2D}, got {name!r}")

@@ -1,0 +1,170 @@
+"""The forward process, its posterior, and the model's reverse step.
+
+Every function takes a :class:`~ddpm_tutor.schedules.Schedule` and integer step
+indices ``t`` of shape (B,) in 0..T-1 (index t is the paper's step t+1).
+Data ``x`` has shape (B, ...), any number of trailing dimensions.
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+
+from .schedules import Schedule
+
+Tensor = torch.Tensor
+Parameterization = Literal["eps", "x0", "v", "score"]
+VarType = Literal["fixed_small", "fixed_large"]
+PARAMETERIZATIONS = ("eps", "x0", "v", "score")
+VAR_TYPES = ("fixed_small", "fixed_large")
+
+
+def _check_batch(x: Tensor, t: Tensor) -> None:
+    if not isinstance(x, Tensor) or x.ndim < 1:
+        raise ValueError(f"x must be a tensor of shape (B, ...), got {type(x).__name__}")
+    t = torch.as_tensor(t)
+    if t.ndim != 0 and t.shape != x.shape[:1]:
+        raise ValueError(f"t must have shape (B,) = ({x.shape[0]},) to match x of shape {tuple(x.shape)}, "
+                         f"got {tuple(t.shape)}")
+
+
+def q_mean_variance(sched: Schedule, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and variance of q(x_t | x_0) = N(sqrt(bar alpha_t) x_0, (1 - bar alpha_t) I).
+
+    Ho et al. 2020, eq. 4. Returns mean (B, ...) and variance (B, 1, ..., 1).
+    """
+    _check_batch(x0, t)
+    return sched.at("alpha_bar", t, x0).sqrt() * x0, 1.0 - sched.at("alpha_bar", t, x0)
+
+
+def q_sample(sched: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    """Jump straight to step t: x_t = sqrt(bar alpha_t) x_0 + sqrt(1 - bar alpha_t) eps.
+
+    Ho et al. 2020, eq. 4 reparameterised. x0, eps: (B, ...); t: (B,). Returns (B, ...).
+    """
+    _check_batch(x0, t)
+    if eps.shape != x0.shape:
+        raise ValueError(f"eps must have the shape of x0 {tuple(x0.shape)}, got {tuple(eps.shape)}")
+    ab = sched.at("alpha_bar", t, x0)
+    return ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps
+
+
+def q_step(sched: Schedule, x_prev: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    """One step of the forward chain: x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps.
+
+    Ho et al. 2020, eq. 2. ``t`` indexes the step being taken (0 for x_0 -> x_1).
+    """
+    _check_batch(x_prev, t)
+    beta = sched.at("beta", t, x_prev)
+    return (1.0 - beta).sqrt() * x_prev + beta.sqrt() * eps
+
+
+def q_posterior(sched: Schedule, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Posterior q(x_{t-1} | x_t, x_0) = N(mu_tilde, beta_tilde I).
+
+    Ho et al. 2020, eq. 6-7. Returns mu_tilde (B, ...), beta_tilde and its clipped log (B, 1, ..., 1).
+    """
+    _check_batch(x_t, t)
+    if x0.shape != x_t.shape:
+        raise ValueError(f"x0 and x_t must have the same shape, got {tuple(x0.shape)} and {tuple(x_t.shape)}")
+    mu_tilde = sched.at("posterior_coef_x0", t, x_t) * x0 + sched.at("posterior_coef_xt", t, x_t) * x_t
+    return mu_tilde, sched.at("beta_tilde", t, x_t), sched.at("log_beta_tilde_clipped", t, x_t)
+
+
+# conversions between what a network may predict ------------------------------------------
+def x0_from_eps(sched: Schedule, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    """x_0 = (x_t - sqrt(1 - bar alpha_t) eps) / sqrt(bar alpha_t)  (Ho et al. 2020, eq. 4 solved for x_0)."""
+    ab = sched.at("alpha_bar", t, x_t)
+    return (x_t - (1.0 - ab).sqrt() * eps) / ab.sqrt()
+
+
+def eps_from_x0(sched: Schedule, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
+    """eps = (x_t - sqrt(bar alpha_t) x_0) / sqrt(1 - bar alpha_t)."""
+    ab = sched.at("alpha_bar", t, x_t)
+    return (x_t - ab.sqrt() * x0) / (1.0 - ab).sqrt()
+
+
+def v_from_x0_eps(sched: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    """v = sqrt(bar alpha_t) eps - sqrt(1 - bar alpha_t) x_0  (Salimans & Ho 2022, sec. 4)."""
+    ab = sched.at("alpha_bar", t, x0)
+    return ab.sqrt() * eps - (1.0 - ab).sqrt() * x0
+
+
+def score_from_eps(sched: Schedule, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    """grad log q(x_t) = -eps / sqrt(1 - bar alpha_t)  (Luo 2022, eq. 151 with Tweedie's formula)."""
+    return -eps / (1.0 - sched.at("alpha_bar", t, x_t)).sqrt()
+
+
+def to_x0_eps(sched: Schedule, x_t: Tensor, t: Tensor, out: Tensor,
+              parameterization: Parameterization = "eps") -> tuple[Tensor, Tensor]:
+    """Turn a network output of any parameterisation into the pair (x0_hat, eps_hat).
+
+    eps: out = eps_hat; x0: out = x0_hat; v: out = v_hat (x_0 = sqrt(ab) x_t - sqrt(1-ab) v);
+    score: out = score_hat (eps = -sqrt(1-ab) score).
+    """
+    if out.shape != x_t.shape:
+        raise ValueError(f"model output must have the shape of x_t {tuple(x_t.shape)}, got {tuple(out.shape)}")
+    ab = sched.at("alpha_bar", t, x_t)
+    if parameterization == "eps":
+        return x0_from_eps(sched, x_t, t, out), out
+    if parameterization == "x0":
+        return out, eps_from_x0(sched, x_t, t, out)
+    if parameterization == "v":
+        x0 = ab.sqrt() * x_t - (1.0 - ab).sqrt() * out
+        eps = (1.0 - ab).sqrt() * x_t + ab.sqrt() * out
+        return x0, eps
+    if parameterization == "score":
+        eps = -(1.0 - ab).sqrt() * out
+        return x0_from_eps(sched, x_t, t, eps), eps
+    raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+
+
+def target_for(sched: Schedule, x0: Tensor, t: Tensor, eps: Tensor, parameterization: Parameterization) -> Tensor:
+    """What a network of the given parameterisation should output for (x_0, eps) at step t."""
+    if parameterization == "eps":
+        return eps
+    if parameterization == "x0":
+        return x0
+    if parameterization == "v":
+        return v_from_x0_eps(sched, x0, t, eps)
+    if parameterization == "score":
+        # the conditional score grad log q(x_t | x_0): the regression target of denoising score matching
+        return score_from_eps(sched, x0, t, eps)
+    raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+
+
+def reverse_variance(sched: Schedule, t: Tensor, x: Tensor, var_type: VarType) -> tuple[Tensor, Tensor]:
+    """sigma_t^2 of p(x_{t-1} | x_t) and its log: beta_tilde ("fixed_small") or beta ("fixed_large").
+
+    Ho et al. 2020, sec. 3.2. "fixed_large" uses beta_tilde at the first step, as the paper's code does,
+    so that L_0's decoder has a sensible width. Returns two (B, 1, ..., 1) tensors.
+    """
+    if var_type == "fixed_small":
+        return sched.at("beta_tilde", t, x), sched.at("log_beta_tilde_clipped", t, x)
+    if var_type == "fixed_large":
+        var = torch.cat([sched.beta_tilde[1:2], sched.beta[1:]]) if sched.T > 1 else sched.beta
+        v = sched.at(var, t, x)
+        return v, v.log()
+    raise ValueError(f"var_type must be one of {VAR_TYPES}, got {var_type!r}")
+
+
+def p_mean_variance(model: Callable[[Tensor, Tensor], Tensor], sched: Schedule, x_t: Tensor, t: Tensor, *,
+                    parameterization: Parameterization = "eps", var_type: VarType = "fixed_small",
+                    clip_x0: bool = False, model_out: Tensor | None = None) -> dict[str, Tensor]:
+    """The reverse step p(x_{t-1} | x_t) = N(mean, variance I) made from the model's prediction.
+
+    mean = mu_tilde(x_t, x0_hat) (Ho et al. 2020, eq. 7 and 11). With ``clip_x0`` the predicted
+    x_0 is clipped to [-1, 1] before it enters the mean, as the paper's sampler does.
+    Returns a dict with mean, variance, log_variance, x0_hat, eps_hat, model_out.
+    """
+    _check_batch(x_t, t)
+    if model_out is None:
+        model_out = model(x_t, t)
+    x0_hat, eps_hat = to_x0_eps(sched, x_t, t, model_out, parameterization)
+    if clip_x0:
+        x0_hat = x0_hat.clamp(-1.0, 1.0)
+        eps_hat = eps_from_x0(sched, x_t, t, x0_hat)
+    mean, _, _ = q_posterior(sched, x0_hat, x_t, t)
+    var, log_var = reverse_variance(sched, t, x_t, var_type)
+    return {"mean": mean, "variance": var, "log_variance": log_var, "x0_hat": x0_hat,
+            "eps_hat": eps_hat, "model_out": model_out}

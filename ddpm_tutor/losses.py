@@ -1,0 +1,183 @@
+"""Training losses and the variational bound in bits per dimension.
+
+Ho et al. 2020, eq. 5 (the bound L = L_T + sum L_{t-1} + L_0), eq. 14 (L_simple), sec. 3.3 (decoder).
+Shapes: data x0 is (B, ...); per-example results are (B,).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Literal
+
+import torch
+
+from .diffusion import (Parameterization, VarType, p_mean_variance, q_mean_variance, q_posterior,
+                        q_sample, reverse_variance, target_for, to_x0_eps)
+from .schedules import Schedule
+
+Tensor = torch.Tensor
+Weighting = Literal["simple", "x0", "min_snr", "vlb"]
+WEIGHTINGS = ("simple", "x0", "min_snr", "vlb")
+
+
+def mean_flat(x: Tensor) -> Tensor:
+    """Mean over every dimension but the batch: (B, ...) -> (B,)."""
+    return x.reshape(x.shape[0], -1).mean(dim=1)
+
+
+def sample_t(batch: int, T: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+    """Steps drawn uniformly from 0..T-1 (Ho et al. 2020, Algorithm 1, line 3)."""
+    return torch.randint(0, T, (batch,), generator=generator, device=device)
+
+
+def eps_weight(sched: Schedule, t: Tensor, x: Tensor, weighting: Weighting, var_type: VarType = "fixed_small",
+               min_snr_gamma: float = 5.0) -> Tensor:
+    """Weight w_t on the per-pixel eps error ||eps - eps_hat||^2 for each weighting.
+
+    Since ||eps - eps_hat||^2 = SNR(t) ||x_0 - x0_hat||^2, every weighting is an SNR weighting:
+    simple: 1, i.e. the x_0 error weighted by SNR(t) (L_simple, Ho et al. 2020, eq. 14);
+    x0: 1/SNR(t), i.e. the plain x_0 error (Turner et al. 2024, sec. 3);
+    min_snr: min(SNR, gamma)/SNR, the x_0 error weighted by min(SNR, gamma) (Hang et al. 2023);
+    vlb: beta_t^2 / (2 sigma_t^2 alpha_t (1 - bar alpha_t)), the true bound's weight (Ho et al. 2020, eq. 12).
+    Returns (B, 1, ..., 1).
+    """
+    snr = sched.at("snr", t, x)
+    if weighting == "simple":
+        return torch.ones_like(snr)
+    if weighting == "x0":
+        return 1.0 / snr
+    if weighting == "min_snr":
+        return snr.clamp(max=min_snr_gamma) / snr
+    if weighting == "vlb":
+        var, _ = reverse_variance(sched, t, x, var_type)
+        beta, alpha, ab = sched.at("beta", t, x), sched.at("alpha", t, x), sched.at("alpha_bar", t, x)
+        return beta ** 2 / (2.0 * var * alpha * (1.0 - ab))
+    raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+
+
+def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], sched: Schedule, x0: Tensor, *,
+                   generator: torch.Generator | None = None, parameterization: Parameterization = "eps",
+                   weighting: Weighting = "simple", t: Tensor | None = None, eps: Tensor | None = None,
+                   model_kwargs: dict | None = None) -> Tensor:
+    """Per-example training loss at a random step (B,): Algorithm 1 of Ho et al. 2020, generalised.
+
+    With weighting "simple" and any parameterisation the loss is the plain mean squared error of
+    the network's own target (eps, x0, v or score). Other weightings are stated on the eps error
+    ||eps - eps_hat||^2, whatever the network predicts, so that the same weighting means the same
+    objective for every parameterisation (Turner et al. 2024, sec. 3 and 5).
+    """
+    if not isinstance(x0, Tensor) or x0.ndim < 2:
+        raise ValueError(f"x0 must be a batch of shape (B, D, ...), got {getattr(x0, 'shape', type(x0))}")
+    B = x0.shape[0]
+    if t is None:
+        t = sample_t(B, sched.T, generator, x0.device)
+    if eps is None:
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    x_t = q_sample(sched, x0, t, eps)
+    out = model(x_t, t, **(model_kwargs or {}))
+    if weighting == "simple":
+        return mean_flat((out - target_for(sched, x0, t, eps, parameterization)) ** 2)
+    _, eps_hat = to_x0_eps(sched, x_t, t, out, parameterization)
+    w = eps_weight(sched, t, x0, weighting)
+    return mean_flat(w * (eps - eps_hat) ** 2)
+
+
+def l_simple(model, sched: Schedule, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """L_simple = E_{t, eps} ||eps - eps_theta(x_t, t)||^2, mean over pixels (Ho et al. 2020, eq. 14). Returns (B,)."""
+    return diffusion_loss(model, sched, x0, generator=generator, parameterization="eps", weighting="simple")
+
+
+# --- the variational bound --------------------------------------------------------------------
+def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) per element, in nats (broadcasting)."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _std_normal_cdf(x: Tensor) -> Tensor:
+    return torch.special.ndtr(x)
+
+
+def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
+    """log p(x) of data on 256 levels in [-1, 1] under a Gaussian integrated over each bin.
+
+    Ho et al. 2020, eq. 13: bins of width 2/255 around each level; the outermost bins extend to
+    -inf and +inf so the 256 probabilities sum to 1. x must hold the levels -1 + 2k/255.
+    Returns per-element log-probabilities in nats.
+    """
+    if x.shape != mean.shape:
+        raise ValueError(f"x and mean must have the same shape, got {tuple(x.shape)} and {tuple(mean.shape)}")
+    check_image_range(x)
+    centered = x - mean
+    inv_std = torch.exp(-log_scale)
+    cdf_plus = _std_normal_cdf(inv_std * (centered + 1.0 / 255.0))
+    cdf_min = _std_normal_cdf(inv_std * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    cdf_delta = cdf_plus - cdf_min
+    return torch.where(x < -0.999, log_cdf_plus,
+                       torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))))
+
+
+def check_image_range(x: Tensor) -> None:
+    """Refuse data outside [-1, 1]: images must be scaled by x/127.5 - 1 first."""
+    if not torch.isfinite(x).all():
+        raise ValueError("data must be finite, got NaN or inf")
+    if x.min() < -1.0 - 1e-6 or x.max() > 1.0 + 1e-6:
+        raise ValueError(f"data must lie in [-1, 1] (scale images by x/127.5 - 1), got range "
+                         f"[{x.min().item():.4g}, {x.max().item():.4g}]")
+
+
+def prior_bpd(sched: Schedule, x0: Tensor) -> Tensor:
+    """L_T = KL(q(x_T | x_0) || N(0, I)) in bits per dimension (B,). Ho et al. 2020, eq. 5."""
+    t = torch.full((x0.shape[0],), sched.T - 1, dtype=torch.long, device=x0.device)
+    mean, var = q_mean_variance(sched, x0, t)
+    kl = normal_kl(mean, torch.log(var).expand_as(mean), torch.zeros_like(mean), torch.zeros_like(mean))
+    return mean_flat(kl) / math.log(2.0)
+
+
+def vlb_term_bpd(model, sched: Schedule, x0: Tensor, x_t: Tensor, t: Tensor, *,
+                 parameterization: Parameterization = "eps", var_type: VarType = "fixed_small",
+                 clip_x0: bool = False, model_kwargs: dict | None = None) -> dict[str, Tensor]:
+    """One term of the bound in bits/dim (B,): L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0,
+    and L_0 = -log p(x_0 | x_1) under the discretised decoder where t == 0 (Ho et al. 2020, eq. 5, 13).
+    Also returns the model's x0_hat and eps_hat.
+    """
+    kw = model_kwargs or {}
+    p = p_mean_variance(lambda a, b: model(a, b, **kw), sched, x_t, t,
+                        parameterization=parameterization, var_type=var_type, clip_x0=clip_x0)
+    mu_tilde, _, log_bt = q_posterior(sched, x0, x_t, t)
+    kl = mean_flat(normal_kl(mu_tilde, log_bt, p["mean"], p["log_variance"])) / math.log(2.0)
+    nll = -mean_flat(discretized_gaussian_log_likelihood(x0, p["mean"], 0.5 * p["log_variance"])) / math.log(2.0)
+    return {"bpd": torch.where(t == 0, nll, kl), "x0_hat": p["x0_hat"], "eps_hat": p["eps_hat"]}
+
+
+@torch.no_grad()
+def bits_per_dim(model, sched: Schedule, x0: Tensor, *, parameterization: Parameterization = "eps",
+                 var_type: VarType = "fixed_small", clip_x0: bool = False, n_terms: int | None = None,
+                 generator: torch.Generator | None = None, model_kwargs: dict | None = None) -> dict[str, Tensor]:
+    """The negative variational bound -ELBO of x0 in bits per dimension (Ho et al. 2020, eq. 5, Table 2).
+
+    ``n_terms=None`` sums all T terms exactly (one forward pass each); an integer k estimates the sum
+    of the T terms L_0..L_{T-1} by k uniformly drawn steps times T/k (unbiased Monte Carlo).
+    x0: data on 256 levels in [-1, 1], (B, ...). Returns dict with total (B,), prior (B,), terms (B, T)
+    (NaN where a term was not drawn) and n_terms.
+    """
+    check_image_range(x0)
+    B, T = x0.shape[0], sched.T
+    if n_terms is None:
+        ts = torch.arange(T)
+    else:
+        if not isinstance(n_terms, int) or not 1 <= n_terms <= T:
+            raise ValueError(f"n_terms must be None (all {T} terms) or an integer in 1..{T}, got {n_terms!r}")
+        ts = torch.randperm(T, generator=generator)[:n_terms].sort().values
+    terms = torch.full((B, T), float("nan"), dtype=torch.float64)
+    for step in ts.tolist():
+        t = torch.full((B,), step, dtype=torch.long, device=x0.device)
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        x_t = q_sample(sched, x0, t, eps)
+        terms[:, step] = vlb_term_bpd(model, sched, x0, x_t, t, parameterization=parameterization,
+                                      var_type=var_type, clip_x0=clip_x0, model_kwargs=model_kwargs)["bpd"].double().cpu()
+    prior = prior_bpd(sched, x0).double().cpu()
+    drawn = terms[:, ts]
+    total = prior + drawn.sum(dim=1) * (T / len(ts))
+    return {"total": total, "prior": prior, "terms": terms, "n_terms": len(ts)}

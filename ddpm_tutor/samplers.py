@@ -1,0 +1,158 @@
+"""Samplers: ancestral DDPM and DDIM, as plain functions of a model, a schedule and a torch.Generator.
+
+Each sampler has a ``*_steps`` generator that yields every intermediate state (for players and
+plots) and a wrapper that returns the final sample. A step function (``ddpm_step``, ``ddim_step``)
+does one update given the network output and the noise, so it can be checked against other code.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .diffusion import Parameterization, VarType, p_mean_variance, to_x0_eps
+from .schedules import Schedule, check_t
+
+Tensor = torch.Tensor
+Model = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class SamplerState:
+    """One state of the reverse chain: x at step index t (t = -1 means x_0, the final sample)."""
+
+    t: int
+    x: Tensor
+    x0_hat: Tensor | None = None
+
+
+def _noise(shape, generator, device, dtype) -> Tensor:
+    # Drawn on the generator's device then moved, so a CPU generator gives the same numbers on any device.
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def _t_batch(step: int, B: int, device) -> Tensor:
+    return torch.full((B,), step, dtype=torch.long, device=device)
+
+
+def ddpm_step(sched: Schedule, x_t: Tensor, t: Tensor, model_out: Tensor, noise: Tensor, *,
+              parameterization: Parameterization = "eps", var_type: VarType = "fixed_small",
+              clip_x0: bool = False) -> tuple[Tensor, Tensor]:
+    """One ancestral step x_{t-1} = mu_theta(x_t, t) + sigma_t z, with no noise at the last step (t = 0).
+
+    Ho et al. 2020, Algorithm 2, line 4. Returns (x_{t-1}, x0_hat).
+    """
+    p = p_mean_variance(None, sched, x_t, t, parameterization=parameterization, var_type=var_type,
+                        clip_x0=clip_x0, model_out=model_out)
+    nonzero = (t != 0).to(x_t.dtype).reshape((-1,) + (1,) * (x_t.ndim - 1))
+    return p["mean"] + nonzero * p["variance"].sqrt() * noise, p["x0_hat"]
+
+
+def ddpm_steps(model: Model, sched: Schedule, shape: Sequence[int], *, generator: torch.Generator | None = None,
+               device=None, parameterization: Parameterization = "eps", var_type: VarType = "fixed_small",
+               clip_x0: bool = False, x_T: Tensor | None = None, dtype=torch.float32) -> Iterator[SamplerState]:
+    """Yield x_T, x_{T-1}, ..., x_0 of the ancestral sampler (Ho et al. 2020, Algorithm 2).
+
+    States are SamplerState(t, x, x0_hat) where t is the step index of x (T-1 ... 0, then -1 for x_0).
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    x = _noise(tuple(shape), generator, device, dtype) if x_T is None else x_T.to(device)
+    yield SamplerState(sched.T - 1, x)
+    for step in range(sched.T - 1, -1, -1):
+        t = _t_batch(step, x.shape[0], device)
+        with torch.no_grad():
+            out = model(x, t)
+        z = _noise(x.shape, generator, device, x.dtype) if step > 0 else torch.zeros_like(x)
+        x, x0_hat = ddpm_step(sched, x, t, out, z, parameterization=parameterization, var_type=var_type,
+                              clip_x0=clip_x0)
+        yield SamplerState(step - 1, x, x0_hat)
+
+
+def ddpm_sample(model: Model, sched: Schedule, shape: Sequence[int], **kwargs) -> Tensor:
+    """Run the ancestral sampler to the end and return x_0 of shape ``shape``. Keywords as ddpm_steps."""
+    for state in ddpm_steps(model, sched, shape, **kwargs):
+        pass
+    return state.x
+
+
+def ddim_timesteps(T: int, steps: int) -> list[int]:
+    """Evenly spaced step indices for a DDIM subsequence, largest first: (steps-1)k, ..., k, 0 with k = T // steps.
+
+    Song et al. 2021, sec. 4.2 and appendix D.2 ("linear" spacing; diffusers' "leading").
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        raise ValueError(f"steps must be an integer in 1..{T}, got {steps!r}")
+    k = T // steps
+    return [i * k for i in range(steps)][::-1]
+
+
+def ddim_step(sched: Schedule, x_t: Tensor, t: Tensor, t_prev: Tensor, model_out: Tensor, noise: Tensor | None, *,
+              eta: float = 0.0, parameterization: Parameterization = "eps", clip_x0: bool = False) -> tuple[Tensor, Tensor]:
+    """One DDIM update from step t to step t_prev < t (t_prev = -1 means to x_0, where bar alpha = 1).
+
+    x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma z,
+    sigma = eta sqrt((1 - ab_prev)/(1 - ab)) sqrt(1 - ab/ab_prev)  (Song et al. 2021, eq. 12 and 16).
+    Returns (x_prev, x0_hat).
+    """
+    if not 0.0 <= eta:
+        raise ValueError(f"eta must be >= 0 (0 is deterministic DDIM, 1 is DDPM-like), got {eta!r}")
+    x0_hat, eps_hat = to_x0_eps(sched, x_t, t, model_out, parameterization)
+    if clip_x0:
+        x0_hat = x0_hat.clamp(-1.0, 1.0)
+        eps_hat = (x_t - sched.at("alpha_bar", t, x_t).sqrt() * x0_hat) / (1 - sched.at("alpha_bar", t, x_t)).sqrt()
+    ab = sched.at("alpha_bar", t, x_t)
+    ab_table = torch.cat([sched.alpha_bar, torch.ones(1, dtype=torch.float64)])  # index -1 -> 1
+    t_prev = torch.as_tensor(t_prev)
+    ab_prev = sched.at(ab_table, torch.where(t_prev < 0, torch.full_like(t_prev, sched.T), t_prev), x_t)
+    sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp(min=0).sqrt()
+    x_prev = ab_prev.sqrt() * x0_hat + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps_hat
+    if eta > 0:
+        if noise is None:
+            raise ValueError("ddim_step with eta > 0 needs noise of the shape of x_t")
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0_hat
+
+
+def ddim_steps(model: Model, sched: Schedule, shape: Sequence[int], *, steps: int = 50, eta: float = 0.0,
+               timesteps: Sequence[int] | None = None, generator: torch.Generator | None = None, device=None,
+               parameterization: Parameterization = "eps", clip_x0: bool = False, x_T: Tensor | None = None,
+               dtype=torch.float32) -> Iterator[SamplerState]:
+    """Yield the states of DDIM over a subsequence of steps (Song et al. 2021, eq. 12).
+
+    ``timesteps`` (decreasing step indices) overrides ``steps``; the default is ``ddim_timesteps(T, steps)``.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    ts = list(timesteps) if timesteps is not None else ddim_timesteps(sched.T, steps)
+    check_t(torch.tensor(ts), sched.T)
+    if any(a <= b for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"timesteps must be strictly decreasing, got {ts[:6]}...")
+    x = _noise(tuple(shape), generator, device, dtype) if x_T is None else x_T.to(device)
+    yield SamplerState(ts[0], x)
+    for i, step in enumerate(ts):
+        prev = ts[i + 1] if i + 1 < len(ts) else -1
+        t = _t_batch(step, x.shape[0], device)
+        with torch.no_grad():
+            out = model(x, t)
+        z = _noise(x.shape, generator, device, x.dtype) if eta > 0 else None
+        x, x0_hat = ddim_step(sched, x, t, _t_batch(prev, x.shape[0], device), out, z, eta=eta,
+                              parameterization=parameterization, clip_x0=clip_x0)
+        yield SamplerState(prev, x, x0_hat)
+
+
+def ddim_sample(model: Model, sched: Schedule, shape: Sequence[int], **kwargs) -> Tensor:
+    """Run DDIM to the end and return x_0 of shape ``shape``. Keywords as ddim_steps."""
+    for state in ddim_steps(model, sched, shape, **kwargs):
+        pass
+    return state.x
+
+
+def sample(model: Model, sched: Schedule, shape: Sequence[int], *, sampler: str = "ddpm", **kwargs) -> Tensor:
+    """Dispatch to ``ddpm_sample`` or ``ddim_sample`` by name."""
+    if sampler == "ddpm":
+        return ddpm_sample(model, sched, shape, **kwargs)
+    if sampler == "ddim":
+        return ddim_sample(model, sched, shape, **kwargs)
+    raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")

@@ -1,0 +1,242 @@
+"""One training loop for every model: AdamW, warmup, gradient clipping, EMA, seeded, resumable.
+
+Ho et al. 2020, Algorithm 1: draw x_0, t ~ U{1..T}, eps ~ N(0, I); step on the loss of
+model(q_sample(x_0, t, eps), t). Everything random comes from one CPU torch.Generator whose state
+is checkpointed, so a resumed run continues bit-for-bit.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from .budget import default_device
+from .checkpoint import load_checkpoint, save_checkpoint
+from .diffusion import PARAMETERIZATIONS
+from .losses import WEIGHTINGS, diffusion_loss
+from .schedules import Schedule
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; the defaults suit the 2D MLP."""
+
+    steps: int = 4000  # optimiser steps in total
+    batch_size: int = 512  # examples per step (drawn with replacement)
+    lr: float = 2e-3  # peak AdamW learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    warmup: int = 100  # steps of linear learning-rate warmup from 0 (the paper: 5000 for CIFAR-10)
+    grad_clip: float = 1.0  # max global gradient norm (the paper's value)
+    ema_decay: float = 0.995  # EMA of the weights (the paper: 0.9999 over 800k steps)
+    seed: int = 0  # seeds the generator behind batches, t and noise
+    parameterization: str = "eps"  # what the network predicts: eps, x0, v or score
+    weighting: str = "simple"  # loss weighting over t: simple, x0, min_snr or vlb (see losses.eps_weight)
+    p_uncond: float = 0.0  # probability of dropping a label to the null class (classifier-free guidance)
+    cosine_decay: bool = False  # decay the learning rate to 0 along a cosine after warmup
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if not 0 <= self.p_uncond < 1:
+            raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class Trainer:
+    """Trains ``model`` on a data tensor (N, ...) and optional labels (N,) under ``sched``.
+
+    ``model_spec`` (kind and config dict) is stored in checkpoints so that `load_model` can rebuild it.
+    ``augment(x, generator)`` may transform each batch (e.g. random flips), drawing from the generator.
+    """
+
+    def __init__(self, model: nn.Module, sched: Schedule, data: Tensor, config: TrainConfig | None = None, *,
+                 labels: Tensor | None = None, device=None, model_spec: dict | None = None,
+                 augment: Callable[[Tensor, torch.Generator], Tensor] | None = None):
+        self.config = config or TrainConfig()
+        if not isinstance(data, Tensor) or data.ndim < 2 or data.shape[0] < 1:
+            raise ValueError(f"data must be a tensor (N, ...) with N >= 1, got {getattr(data, 'shape', type(data))}")
+        if not torch.isfinite(data).all():
+            raise ValueError("data must be finite, got NaN or inf")
+        if labels is not None and (labels.shape != data.shape[:1]):
+            raise ValueError(f"labels must have shape ({data.shape[0]},), got {tuple(labels.shape)}")
+        if self.config.p_uncond > 0 and labels is None:
+            raise ValueError("p_uncond > 0 (label dropout) needs labels")
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device)
+        self.sched = sched
+        self.data = data
+        self.labels = labels
+        self.augment = augment
+        self.model_spec = model_spec or {}
+        c = self.config
+        torch.manual_seed(c.seed)  # dropout draws from the global generator
+        self.generator = torch.Generator().manual_seed(c.seed)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(c.ema_decay), use_buffers=True)
+        self.step = 0
+        self.losses: list[float] = []
+
+    def _lr_factor(self, step: int) -> float:
+        c = self.config
+        warm = min(1.0, (step + 1) / c.warmup) if c.warmup > 0 else 1.0
+        if not c.cosine_decay:
+            return warm
+        progress = min(1.0, max(0.0, (step - c.warmup) / max(1, c.steps - c.warmup)))
+        return warm * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _batch(self) -> tuple[Tensor, Tensor | None]:
+        c, g = self.config, self.generator
+        idx = torch.randint(0, self.data.shape[0], (c.batch_size,), generator=g)
+        x0 = self.data[idx]
+        if self.augment is not None:
+            x0 = self.augment(x0, g)
+        y = None
+        if self.labels is not None:
+            y = self.labels[idx].clone()
+            if c.p_uncond > 0:
+                drop = torch.rand(c.batch_size, generator=g) < c.p_uncond
+                y[drop] = self.model_spec.get("config", {}).get("num_classes", int(self.labels.max()) + 1)
+        return x0, y
+
+    def train_step(self) -> float:
+        """One optimiser step; returns the batch loss."""
+        c, g = self.config, self.generator
+        self.model.train()
+        x0, y = self._batch()
+        t = torch.randint(0, self.sched.T, (x0.shape[0],), generator=g)
+        eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+        x0, t, eps = x0.to(self.device), t.to(self.device), eps.to(self.device)
+        kwargs = {"y": y.to(self.device)} if y is not None else None
+        loss = diffusion_loss(self.model, self.sched, x0, t=t, eps=eps, parameterization=c.parameterization,
+                              weighting=c.weighting, model_kwargs=kwargs).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the loss became {loss.item()} at step {self.step}: training stopped. Lower the learning rate "
+                f"(now {self.opt.param_groups[0]['lr']:.3g}) or check the data for extreme values.")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.opt.step()
+        self.lr_sched.step()
+        self.ema.update_parameters(self.model)
+        self.step += 1
+        value = loss.item()
+        self.losses.append(value)
+        return value
+
+    def run(self, steps: int | None = None, *, progress: bool = True, checkpoint: str | Path | None = None,
+            checkpoint_every: int = 0) -> list[float]:
+        """Train until ``steps`` in total (default: config.steps), saving to ``checkpoint`` every
+        ``checkpoint_every`` steps and at the end. Returns the losses of all steps so far."""
+        target = self.config.steps if steps is None else steps
+        if target < self.step:
+            raise ValueError(f"steps={target} is before the current step {self.step}")
+        bar = tqdm(total=target, initial=self.step, disable=not progress, desc="train", mininterval=1.0)
+        while self.step < target:
+            loss = self.train_step()
+            bar.update(1)
+            if self.step % 50 == 0:
+                bar.set_postfix(loss=f"{sum(self.losses[-50:]) / len(self.losses[-50:]):.4f}")
+            if checkpoint and checkpoint_every and self.step % checkpoint_every == 0:
+                self.save(checkpoint)
+        bar.close()
+        if checkpoint:
+            self.save(checkpoint)
+        return self.losses
+
+    @property
+    def ema_model(self) -> nn.Module:
+        """The EMA weights as a plain model (the one to sample from)."""
+        return self.ema.module
+
+    def state_dict(self) -> dict:
+        return {
+            "format": "ddpm_tutor/1",
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt": self.opt.state_dict(),
+            "lr_sched": self.lr_sched.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "losses": list(self.losses),
+            "train_config": asdict(self.config),
+            "model_spec": self.model_spec,
+            "schedule": {"name": self.sched.name, "beta": self.sched.beta},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != "ddpm_tutor/1":
+            raise ValueError("not a ddpm_tutor training checkpoint (missing format 'ddpm_tutor/1')")
+        if not torch.equal(state["schedule"]["beta"], self.sched.beta):
+            raise ValueError("the checkpoint was trained under a different schedule than the one given")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.lr_sched.load_state_dict(state["lr_sched"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.losses = list(state["losses"])
+
+    def save(self, path: str | Path) -> Path:
+        """Atomic checkpoint of everything needed to resume bit-for-bit."""
+        return save_checkpoint(self.state_dict(), path)
+
+    def load(self, path: str | Path) -> None:
+        self.load_state_dict(load_checkpoint(path))
+
+
+def build_model(spec: dict) -> nn.Module:
+    """Rebuild a network from its spec {"kind": "mlp" | "unet", "config": {...}}."""
+    kind, cfg = spec.get("kind"), dict(spec.get("config", {}))
+    if kind == "mlp":
+        from .models.mlp import MLPConfig, MLPDenoiser
+        return MLPDenoiser(MLPConfig(**cfg))
+    if kind == "unet":
+        from .models.unet import UNet, UNetConfig
+        for key in ("ch_mult", "attn_resolutions"):
+            if key in cfg and isinstance(cfg[key], list):
+                cfg[key] = tuple(cfg[key])
+        return UNet(UNetConfig(**cfg))
+    raise ValueError(f"model kind must be 'mlp' or 'unet', got {kind!r}")
+
+
+def load_model(path: str | Path, *, ema: bool = True, device=None) -> tuple[nn.Module, Schedule, dict]:
+    """Load a trained model (EMA weights by default) and its schedule from a checkpoint, in eval mode."""
+    state = load_checkpoint(path)
+    if state.get("format") != "ddpm_tutor/1":
+        raise ValueError(f"{path} is not a ddpm_tutor training checkpoint")
+    model = build_model(state["model_spec"])
+    if ema:
+        prefix = "module."
+        weights = {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+    else:
+        weights = state["model"]
+    model.load_state_dict(weights)
+    model.to(device or default_device()).eval()
+    sched = Schedule(state["schedule"]["beta"], name=state["schedule"]["name"])
+    return model, sched, state
