@@ -1,0 +1,35 @@
+"""The comparison behind every self-check: a clear verdict, and where the answer first differs."""
+from __future__ import annotations
+
+import torch
+
+
+class CheckFailed(AssertionError):
+    """A learner's answer differs from the reference; the message says where."""
+
+
+def check_close(name: str, got, expected, *, atol: float = 1e-6, rtol: float = 1e-5, hint: str = "") -> str:
+    """Compare a learner's result with the reference; raise CheckFailed naming the first bad entry.
+
+    Returns a one-line success message (also printed), so a notebook cell shows what passed.
+    """
+    expected = torch.as_tensor(expected)
+    try:
+        got = torch.as_tensor(got)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise CheckFailed(f"{name}: expected a tensor like {tuple(expected.shape)}, got {type(got).__name__}") from err
+    if got.shape != expected.shape:
+        raise CheckFailed(f"{name}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}. {hint}".strip())
+    got64, exp64 = got.double().cpu(), expected.double().cpu()
+    if not torch.isfinite(got64).all():
+        idx = tuple(int(i) for i in torch.nonzero(~torch.isfinite(got64))[0])
+        raise CheckFailed(f"{name}: your result has NaN or inf at index {idx}. {hint}".strip())
+    bad = ~torch.isclose(got64, exp64, atol=atol, rtol=rtol)
+    if bad.any():
+        idx = tuple(int(i) for i in torch.nonzero(bad)[0])
+        n_bad = int(bad.sum())
+        raise CheckFailed(f"{name}: {n_bad} of {bad.numel()} entries differ; first at index {idx}: "
+                          f"got {got64[idx].item():.6g}, expected {exp64[idx].item():.6g}. {hint}".strip())
+    msg = f"{name}: correct ({got.numel()} values match the reference)"
+    print(msg)
+    return msg
