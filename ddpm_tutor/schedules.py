@@ -38,6 +38,9 @@ def _check_beta(beta: Tensor) -> Tensor:
     if not ((beta > 0) & (beta < 1)).all():
         bad = beta[(beta <= 0) | (beta >= 1)]
         raise ValueError(f"every beta must lie in the open interval (0, 1), got e.g. {bad[0].item()!r}")
+    if ((1.0 - beta) == 1.0).any():
+        raise ValueError(f"every beta must be large enough that 1 - beta < 1 in float64 (about 1e-16 or more), "
+                         f"got {beta.min().item()!r}")
     return beta
 
 

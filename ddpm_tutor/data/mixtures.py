@@ -7,6 +7,7 @@ All computations in float64.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -79,12 +80,19 @@ class GaussianMixture:
         if not 0 < a <= 1:
             raise ValueError(f"alpha_bar must lie in (0, 1], got {alpha_bar!r}")
         eye = torch.eye(self.dim, dtype=torch.float64)
-        return GaussianMixture(self.weights, a ** 0.5 * self.means, a * self.covs + (1 - a) * eye)
+        return self._trusted(self.weights, a ** 0.5 * self.means, a * self.covs + (1 - a) * eye)
 
-    def _component_log_probs(self, x: Tensor) -> Tensor:
-        x = self._check_x(x)
-        dist = torch.distributions.MultivariateNormal(self.means, covariance_matrix=self.covs)
-        return dist.log_prob(x[:, None, :]) + self.weights.log()  # (n, K)
+    @classmethod
+    def _trusted(cls, weights: Tensor, means: Tensor, covs: Tensor) -> "GaussianMixture":
+        # for mixtures derived from a validated one: skip the O(K D^3) checks on every sampler step
+        obj = object.__new__(cls)
+        for name, value in (("weights", weights), ("means", means), ("covs", covs)):
+            object.__setattr__(obj, name, value)
+        return obj
+
+    def _precisions(self) -> tuple[Tensor, Tensor]:
+        # inverse covariances (K, D, D) and log-determinants (K,): K is small, so invert once per call
+        return torch.linalg.inv(self.covs), torch.linalg.slogdet(self.covs).logabsdet
 
     def _check_x(self, x: Tensor) -> Tensor:
         x = torch.as_tensor(x).to(torch.float64)
@@ -92,21 +100,29 @@ class GaussianMixture:
             raise ValueError(f"x must have shape (n, {self.dim}), got {tuple(x.shape)}")
         return x
 
+    def _log_probs_and_pulls(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """log w_k N(x; m_k, S_k) (n, K) and S_k^{-1} (m_k - x) (n, K, D)."""
+        x = self._check_x(x)
+        prec, logdet = self._precisions()
+        diff = self.means[None] - x[:, None, :]  # (n, K, D)
+        pull = torch.einsum("kde,nke->nkd", prec, diff)
+        maha = (diff * pull).sum(-1)
+        logp = -0.5 * (maha + logdet + self.dim * math.log(2 * math.pi)) + self.weights.log()
+        return logp, pull
+
     def log_prob(self, x: Tensor) -> Tensor:
         """log density (n,) at points x (n, D)."""
-        return torch.logsumexp(self._component_log_probs(x), dim=1)
+        return torch.logsumexp(self._log_probs_and_pulls(x)[0], dim=1)
 
     def responsibilities(self, x: Tensor) -> Tensor:
         """Posterior component probabilities p(k | x), (n, K)."""
-        return torch.softmax(self._component_log_probs(x), dim=1)
+        return torch.softmax(self._log_probs_and_pulls(x)[0], dim=1)
 
     def score(self, x: Tensor) -> Tensor:
         """grad_x log p(x) = sum_k r_k(x) S_k^{-1} (m_k - x), shape (n, D)."""
-        x = self._check_x(x)
-        r = self.responsibilities(x)
-        diff = self.means[None] - x[:, None, :]  # (n, K, D)
-        per = torch.linalg.solve(self.covs[None], diff[..., None])[..., 0]
-        return (r[..., None] * per).sum(dim=1)
+        logp, pull = self._log_probs_and_pulls(x)
+        r = torch.softmax(logp, dim=1)
+        return (r[..., None] * pull).sum(dim=1)
 
     def posterior_mean_x0(self, x_t: Tensor, alpha_bar: float) -> Tensor:
         """E[x_0 | x_t] computed component by component with Gaussian conditioning (not Tweedie).
@@ -130,6 +146,9 @@ class GaussianMixture:
         """
         def model(x_t: Tensor, t: Tensor) -> Tensor:
             t = torch.as_tensor(t)
+            if t.ndim == 0 or bool((t == t.flatten()[0]).all()):  # samplers ask for one step at a time
+                a = float(sched.alpha_bar[int(t.flatten()[0])])
+                return (-(1 - a) ** 0.5 * self.diffused(a).score(x_t)).to(x_t.dtype)
             out = torch.empty_like(x_t, dtype=torch.float64)
             for step in t.unique().tolist():
                 idx = t == step

@@ -1,0 +1,118 @@
+"""The self-checks of Part I, chapters 5-7, accept the library's answers and reject wrong ones by name."""
+import math
+
+import pytest
+import torch
+
+from ddpm_tutor.exercises import CheckFailed
+from ddpm_tutor.exercises.part1_late import (check_cosine_alpha_bar, check_ddim_step, check_to_x0,
+                                             cosine_alpha_bar_reference, ddim_step_reference, to_x0_reference)
+
+
+# --- to_x0 --------------------------------------------------------------------------------------
+def test_to_x0_accepts_reference(capsys):
+    assert "correct" in check_to_x0(to_x0_reference)
+    assert "correct" in capsys.readouterr().out
+
+
+def test_to_x0_stub_is_not_attempted(capsys):
+    def stub(*args):
+        raise NotImplementedError
+    assert check_to_x0(stub) is None
+    assert "not attempted" in capsys.readouterr().out
+
+
+def test_to_x0_names_the_wrong_parameterisation():
+    def wrong_v(sched, x_t, t, out, p):
+        if p == "v":  # sign error in the v branch only
+            ab = sched.at("alpha_bar", t, x_t)
+            return ab.sqrt() * x_t + (1 - ab).sqrt() * out
+        return to_x0_reference(sched, x_t, t, out, p)
+    with pytest.raises(CheckFailed, match=r"'v' parameterisation.*sign"):
+        check_to_x0(wrong_v)
+
+
+def test_to_x0_recognises_alpha_for_alpha_bar():
+    def uses_alpha(sched, x_t, t, out, p):
+        a = sched.at("alpha", t, x_t)
+        if p == "eps":
+            return (x_t - (1 - a).sqrt() * out) / a.sqrt()
+        return to_x0_reference(sched, x_t, t, out, p)
+    with pytest.raises(CheckFailed, match=r"'eps' parameterisation.*alpha_t = 1 - beta_t"):
+        check_to_x0(uses_alpha)
+
+
+def test_to_x0_reports_crash():
+    def crashes(sched, x_t, t, out, p):
+        return x_t @ torch.ones(3)
+    with pytest.raises(CheckFailed, match="raised RuntimeError"):
+        check_to_x0(crashes)
+
+
+# --- cosine alpha_bar -----------------------------------------------------------------------------
+def _closed_form(T, s, offset=0):
+    f = lambda t: torch.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    t = torch.arange(1, T + 1, dtype=torch.float64) - offset
+    return f(t) / f(torch.zeros((), dtype=torch.float64))
+
+
+def test_cosine_accepts_reference_and_unclipped_closed_form():
+    assert "correct" in check_cosine_alpha_bar(cosine_alpha_bar_reference)
+    assert "correct" in check_cosine_alpha_bar(lambda T, s: _closed_form(T, s))
+
+
+def test_cosine_recognises_off_by_one():
+    with pytest.raises(CheckFailed, match=r"T=10.*index \(0,\).*t = 0, \.\.\., T-1"):
+        check_cosine_alpha_bar(lambda T, s: _closed_form(T, s, offset=1))
+
+
+def test_cosine_recognises_missing_normalisation():
+    def unnormalised(T, s):
+        t = torch.arange(1, T + 1, dtype=torch.float64)
+        return torch.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+    with pytest.raises(CheckFailed, match="divide by f\\(0\\)"):
+        check_cosine_alpha_bar(unnormalised)
+
+
+def test_cosine_rejects_wrong_shape():
+    with pytest.raises(CheckFailed, match="shape"):
+        check_cosine_alpha_bar(lambda T, s: _closed_form(T, s)[:-1])
+
+
+# --- DDIM step ----------------------------------------------------------------------------------
+def test_ddim_accepts_reference(capsys):
+    assert "correct" in check_ddim_step(ddim_step_reference)
+    assert "not attempted" not in capsys.readouterr().out
+
+
+def test_ddim_reference_matches_the_sampler_formula():
+    x, e = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    a_t, a_prev = 0.3, 0.5
+    x0 = (x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+    expected = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * e
+    torch.testing.assert_close(ddim_step_reference(x, e, a_t, a_prev), expected)
+    torch.testing.assert_close(ddim_step_reference(x, e, a_t, 1.0), x0)
+
+
+def test_ddim_stub_is_not_attempted(capsys):
+    def stub(x_t, eps_hat, a_t, a_prev, eta=0.0, noise=None):
+        raise NotImplementedError
+    assert check_ddim_step(stub) is None
+    assert "not attempted" in capsys.readouterr().out
+
+
+def test_ddim_names_missing_sigma_in_direction():
+    def no_sigma_in_direction(x_t, eps_hat, a_t, a_prev, eta=0.0, noise=None):
+        x0 = (x_t - math.sqrt(1 - a_t) * eps_hat) / math.sqrt(a_t)
+        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        out = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps_hat
+        return out + sigma * noise if eta > 0 else out
+    with pytest.raises(CheckFailed, match=r"eta=1\.0.*sigma\^2 out of the direction term"):
+        check_ddim_step(no_sigma_in_direction)
+
+
+def test_ddim_names_deterministic_mistake():
+    def returns_x0(x_t, eps_hat, a_t, a_prev, eta=0.0, noise=None):
+        return (x_t - math.sqrt(1 - a_t) * eps_hat) / math.sqrt(a_t)
+    with pytest.raises(CheckFailed, match=r"eta=0, from t=501 to t=481.*x0_hat instead of x_prev"):
+        check_ddim_step(returns_x0)

@@ -1,0 +1,86 @@
+"""Samplers driven by the exact score of a Gaussian mixture must reproduce the mixture."""
+import pytest
+import torch
+
+from ddpm_tutor.data import GaussianMixture
+from ddpm_tutor.metrics import noise_floor, sliced_wasserstein
+from ddpm_tutor.samplers import ddim_sample, ddim_steps, ddim_timesteps, ddpm_sample, ddpm_steps, sample
+from ddpm_tutor.schedules import Schedule
+
+N = 2000
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    return GaussianMixture(torch.tensor([0.5, 0.3, 0.2]),
+                           torch.tensor([[-1.5, 0.0], [1.0, 1.0], [1.0, -1.2]]),
+                           torch.stack([torch.tensor([[0.10, 0.05], [0.05, 0.08]]),
+                                        0.05 * torch.eye(2), torch.tensor([[0.2, -0.1], [-0.1, 0.1]])]))
+
+
+@pytest.fixture(scope="module")
+def floor(mixture):
+    return noise_floor(lambda n, g: mixture.sample(n, g), N, repeats=8)
+
+
+def _ratio(x, mixture, floor):
+    ref = mixture.sample(N, torch.Generator().manual_seed(99))
+    return sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(5)) / floor
+
+
+@pytest.mark.parametrize("var_type", ["fixed_small", "fixed_large"])
+def test_ddpm_with_exact_score_reproduces_mixture(mixture, floor, var_type):
+    sched = Schedule.linear()
+    x = ddpm_sample(mixture.eps_model(sched), sched, (N, 2), generator=torch.Generator().manual_seed(0),
+                    var_type=var_type, dtype=torch.float64)
+    assert _ratio(x, mixture, floor) < 2.0
+    # the mode weights are right too: assign each sample to its most likely component
+    k = mixture.responsibilities(x).argmax(1)
+    freq = torch.bincount(k, minlength=3).double() / N
+    assert torch.allclose(freq, mixture.weights, atol=4 * (0.25 / N) ** 0.5)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_50_steps_with_exact_score_reproduces_mixture(mixture, floor, eta):
+    sched = Schedule.linear()
+    x = ddim_sample(mixture.eps_model(sched), sched, (N, 2), steps=50, eta=eta,
+                    generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert _ratio(x, mixture, floor) < 2.0
+
+
+def test_a_wrong_score_is_detected(mixture, floor):
+    """The test above can fail: a sampler fed a mixture with shifted means lands far from the data."""
+    sched = Schedule.linear()
+    wrong = GaussianMixture(mixture.weights, mixture.means + 0.5, mixture.covs)
+    x = ddim_sample(wrong.eps_model(sched), sched, (N, 2), steps=50, generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)
+    assert _ratio(x, mixture, floor) > 3.0
+
+
+def test_steps_yield_every_state_and_are_reproducible(mixture):
+    sched = Schedule.linear(50)
+    model = mixture.eps_model(sched)
+    states = list(ddpm_steps(model, sched, (8, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    assert [s.t for s in states] == list(range(49, -2, -1))
+    again = ddpm_sample(model, sched, (8, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert torch.equal(states[-1].x, again)
+    # DDIM with eta = 0 is a deterministic map of x_T
+    xT = torch.randn(8, 2, dtype=torch.float64)
+    a = ddim_sample(model, sched, (8, 2), steps=10, x_T=xT, generator=torch.Generator().manual_seed(1))
+    b = ddim_sample(model, sched, (8, 2), steps=10, x_T=xT, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    states = list(ddim_steps(model, sched, (8, 2), steps=5, dtype=torch.float64))
+    assert [s.t for s in states] == ddim_timesteps(50, 5) + [-1]
+
+
+def test_sampler_bad_inputs():
+    sched = Schedule.linear(20)
+    model = lambda x, t: torch.zeros_like(x)
+    with pytest.raises(ValueError, match="steps must be an integer in 1..20"):
+        ddim_sample(model, sched, (2, 2), steps=0)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        ddim_sample(model, sched, (2, 2), timesteps=[5, 10])
+    with pytest.raises(ValueError, match="'ddpm' or 'ddim'"):
+        sample(model, sched, (2, 2), sampler="euler")
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        ddim_sample(model, sched, (2, 2), steps=4, eta=-1.0)
