@@ -146,9 +146,14 @@ def vlb_term_bpd(model, sched: Schedule, x0: Tensor, x_t: Tensor, t: Tensor, *,
     p = p_mean_variance(lambda a, b: model(a, b, **kw), sched, x_t, t,
                         parameterization=parameterization, var_type=var_type, clip_x0=clip_x0)
     mu_tilde, _, log_bt = q_posterior(sched, x0, x_t, t)
-    kl = mean_flat(normal_kl(mu_tilde, log_bt, p["mean"], p["log_variance"])) / math.log(2.0)
-    nll = -mean_flat(discretized_gaussian_log_likelihood(x0, p["mean"], 0.5 * p["log_variance"])) / math.log(2.0)
-    return {"bpd": torch.where(t == 0, nll, kl), "x0_hat": p["x0_hat"], "eps_hat": p["eps_hat"]}
+    bpd = mean_flat(normal_kl(mu_tilde, log_bt, p["mean"], p["log_variance"])) / math.log(2.0)
+    first = t == 0
+    if first.any():  # L_0 only where t == 0: it needs image data on the 256 levels
+        log_scale = (0.5 * p["log_variance"]).expand_as(x0)[first]
+        nll = -mean_flat(discretized_gaussian_log_likelihood(x0[first], p["mean"][first], log_scale)) / math.log(2.0)
+        bpd = bpd.clone()
+        bpd[first] = nll.to(bpd.dtype)
+    return {"bpd": bpd, "x0_hat": p["x0_hat"], "eps_hat": p["eps_hat"]}
 
 
 @torch.no_grad()

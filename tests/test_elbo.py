@@ -170,3 +170,27 @@ def test_bad_input_is_refused_with_a_clear_message():
         elbo.continuous_elbo_terms(lambda x, t: x, sched, torch.zeros(4, 1, dtype=torch.long))
     with pytest.raises(ValueError, match="1-D"):
         elbo.gaussian_elbo_terms(sched, elbo.exact_reverse(sched, 0, 1), torch.zeros(2, 2))
+
+
+def test_vp_linear_schedule_is_the_papers_schedule_at_T_1000():
+    s = elbo.vp_linear_schedule(1000)
+    assert (s.beta - Schedule.linear(1000).beta).abs().max() < 3e-4
+    assert abs(s.alpha_bar[-1] - Schedule.linear(1000).alpha_bar[-1]) < 1e-5
+    # the same process for every T: bar alpha at the same time tau agrees
+    assert torch.isclose(elbo.vp_linear_schedule(10).alpha_bar[4], s.alpha_bar[499], rtol=1e-12)
+    with pytest.raises(ValueError, match="T must"):
+        elbo.vp_linear_schedule(0)
+
+
+def test_gap_limits_of_the_fixed_variances():
+    # With many steps: fixed_large's gap -> (1 - log 2)/2 (the decoder width beta_tilde_2 ~ beta_1 / 2), and
+    # fixed_small's -> that plus gamma/2 (first steps: beta_tilde_t ~ beta (t-1)/t), gamma = Euler's constant.
+    sched = elbo.vp_linear_schedule(50_000)
+    ex = elbo.exact_reverse(sched, M, S)
+    entropy = -0.5 * math.log(2 * math.pi * math.e * S ** 2)
+    gaps = {v: entropy - elbo.expected_gaussian_elbo_terms(sched, elbo.ddpm_reverse(sched, M, S, v), M, S)["elbo"]
+            for v in ("fixed_small", "fixed_large")}
+    half_decoder = (1 - math.log(2)) / 2
+    assert abs(gaps["fixed_large"] - half_decoder) < 0.005
+    assert abs(gaps["fixed_small"] - half_decoder - 0.5772156649 / 2) < 0.015
+    assert ex["C"].shape == (50_000,)

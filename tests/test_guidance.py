@@ -87,9 +87,10 @@ def test_cfg_and_classifier_guidance_equal_the_tilted_score(case, w, gen):
         t = torch.full((40,), step)
         sd = math.sqrt(1 - a)
 
+        parts = [G.class_mixture(mix, k, classes).diffused(a) for k in range(C)]
+
         def log_tilted(z):
-            cond = torch.stack([G.class_mixture(mix, int(k), classes).diffused(a).log_prob(z[i:i + 1])[0]
-                                for i, k in enumerate(y)])
+            cond = torch.stack([parts[k].log_prob(z) for k in range(C)], 1).gather(1, y[:, None])[:, 0]
             return (1 + w) * cond - w * mix.diffused(a).log_prob(z)
 
         ref = -sd * _fd_grad(log_tilted, x)
@@ -139,7 +140,7 @@ def test_guided_sampling_sharpens_classes(gen):
     mix = _triangle()
     sched = Schedule.linear(1000)
     cond = G.exact_conditional_eps_model(mix, sched)
-    n = 3000
+    n = 1500
     y = torch.arange(n) % 3
     stats = {}
     for w in (0.0, 1.0, 4.0):
@@ -147,13 +148,11 @@ def test_guided_sampling_sharpens_classes(gen):
         x = ddim_sample(G.cfg_model(cond, y, w, 3), sched, (n, 2), steps=50, generator=g, dtype=torch.float64)
         stats[w] = G.guidance_metrics(mix, x, y)
     # w = 0: the fraction of class-y samples that the Bayes classifier assigns to y is the Bayes accuracy
-    big, labels = mix.sample(200_000, torch.Generator().manual_seed(1), return_labels=True)
-    exact_conf = G.mixture_class_posterior(mix, big, 1.0).gather(1, labels[:, None]).mean().item()
     per_class = [G.mixture_class_posterior(mix, G.class_mixture(mix, k).sample(50_000, torch.Generator()
                  .manual_seed(k)), 1.0)[:, k].mean().item() for k in range(3)]
     conf_w0 = sum(per_class) / 3  # y is balanced in the test, so the reference averages the classes equally
     assert abs(stats[0.0]["confidence"] - conf_w0) < 4 * 0.3 / math.sqrt(n)
-    assert 0.5 < exact_conf < 0.95
+    assert 0.5 < conf_w0 < 0.95
     assert stats[0.0]["confidence"] < stats[1.0]["confidence"] < stats[4.0]["confidence"]
     assert stats[0.0]["diversity"] > stats[1.0]["diversity"] > stats[4.0]["diversity"]
     assert stats[4.0]["accuracy"] > 0.99
@@ -164,8 +163,13 @@ def test_noisy_classifier_learns_the_bayes_posterior(gen):
     mix = _triangle()
     sched = Schedule.linear(1000)
     x, y = mix.sample(4000, gen, return_labels=True)
-    clf = G.NoisyClassifier(num_classes=3)
-    losses = G.train_noisy_classifier(clf, sched, x.float(), y, 400, gen, batch_size=256)
+    clf = G.NoisyClassifier(num_classes=3, hidden=64, n_layers=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small MLP: one thread is fastest, and much faster on a shared machine
+    try:
+        losses = G.train_noisy_classifier(clf, sched, x.float(), y, 400, gen, batch_size=256)
+    finally:
+        torch.set_num_threads(threads)
     assert len(losses) == 400 and losses[-1] < losses[0]
     # near the data the learned posterior is close to the exact one; at t = T it is close to the prior
     for step, tol in ((0, 0.08), (999, 0.05)):

@@ -1,0 +1,92 @@
+import math
+
+import pytest
+import torch
+
+from ddpm_tutor import losses as L
+from ddpm_tutor.data import GaussianMixture
+from ddpm_tutor.diffusion import q_sample
+from ddpm_tutor.schedules import Schedule
+
+LEVELS = torch.linspace(-1, 1, 256, dtype=torch.float64)  # the 256 data levels -1 + 2k/255
+
+
+@pytest.mark.parametrize("mean, log_scale", [(0.0, -3.0), (0.37, -6.0), (-0.99, -1.0), (1.2, -4.0), (0.0, 1.0)])
+def test_decoder_probabilities_sum_to_one(mean, log_scale):
+    x = LEVELS
+    logp = L.discretized_gaussian_log_likelihood(x, torch.full_like(x, mean), torch.full_like(x, log_scale))
+    assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
+    # interior bins: the Gaussian's mass between bin edges, computed with math.erf
+    sd = math.exp(log_scale)
+    cdf = lambda v: 0.5 * (1 + math.erf((v - mean) / (sd * math.sqrt(2))))
+    k = 100
+    expected = cdf(LEVELS[k].item() + 1 / 255) - cdf(LEVELS[k].item() - 1 / 255)
+    if expected > 1e-10:
+        assert logp[k].exp().item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_decoder_refuses_unscaled_data():
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        L.discretized_gaussian_log_likelihood(torch.tensor([0.0, 255.0]), torch.zeros(2), torch.zeros(2))
+
+
+def test_prior_term_of_paper_schedule_is_about_1e_5_bits_per_dim():
+    sched = Schedule.linear()
+    x0 = LEVELS[torch.randint(0, 256, (64, 3 * 32 * 32), generator=torch.Generator().manual_seed(0))]
+    bpd = L.prior_bpd(sched, x0)
+    assert 1e-6 < bpd.mean().item() < 1e-4
+    # closed form for one dimension: KL(N(sqrt(ab) x, 1-ab) || N(0, 1)) / ln 2
+    ab = sched.alpha_bar[-1].item()
+    kl = 0.5 * (-math.log(1 - ab) + (1 - ab) + ab * (x0 ** 2).mean(1) - 1) / math.log(2)
+    assert torch.allclose(bpd, kl, rtol=1e-6)
+
+
+def test_normal_kl_against_monte_carlo(gen):
+    m1, s1, m2, s2 = 0.3, 0.7, -0.2, 1.3
+    x = m1 + s1 * torch.randn(400_000, generator=gen, dtype=torch.float64)
+    log_ratio = (-0.5 * ((x - m1) / s1) ** 2 - math.log(s1)) - (-0.5 * ((x - m2) / s2) ** 2 - math.log(s2))
+    kl = L.normal_kl(torch.tensor(m1), torch.tensor(2 * math.log(s1)), torch.tensor(m2), torch.tensor(2 * math.log(s2)))
+    assert kl.item() == pytest.approx(log_ratio.mean().item(), abs=5 * log_ratio.std().item() / 400_000 ** 0.5)
+
+
+def test_weightings_agree_with_their_definitions(gen):
+    sched = Schedule.linear()
+    x0 = torch.randn(64, 2, generator=gen, dtype=torch.float64)
+    eps = torch.randn(64, 2, generator=gen, dtype=torch.float64)
+    t = torch.randint(1, 1000, (64,), generator=gen)
+    model = lambda x, s: 0.9 * eps  # a fixed, slightly wrong noise prediction
+    x_t = q_sample(sched, x0, t, eps)
+    eps_err = L.mean_flat((eps - 0.9 * eps) ** 2)
+    from ddpm_tutor.diffusion import x0_from_eps
+    x0_err = L.mean_flat((x0 - x0_from_eps(sched, x_t, t, 0.9 * eps)) ** 2)
+    simple = L.diffusion_loss(model, sched, x0, t=t, eps=eps, weighting="simple")
+    x0w = L.diffusion_loss(model, sched, x0, t=t, eps=eps, weighting="x0")
+    assert torch.allclose(simple, eps_err) and torch.allclose(x0w, x0_err, rtol=1e-8)
+    assert torch.allclose(simple, sched.snr[t] * x0_err, rtol=1e-8)  # ||eps err|| = SNR ||x0 err||
+    # vlb weighting times the eps error equals the KL term of the bound (in nats per dim)
+    vlb = L.diffusion_loss(model, sched, x0, t=t, eps=eps, weighting="vlb")
+    kl_bits = L.vlb_term_bpd(model, sched, x0, x_t, t)["bpd"]
+    assert torch.allclose(vlb / math.log(2), kl_bits, rtol=1e-6)
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        L.diffusion_loss(model, sched, x0, weighting="snr2")
+
+
+def test_bits_per_dim_sum_and_monte_carlo(gen):
+    """The full sum over T terms against its Monte Carlo estimate; a perfect denoiser has a small bound."""
+    sched = Schedule.linear(100, 1e-3, 0.2)
+    x0 = LEVELS[torch.randint(0, 256, (8, 6), generator=gen)].float()
+    model = lambda x, t: torch.zeros_like(x)  # predicts no noise at all
+    full = L.bits_per_dim(model, sched, x0, generator=torch.Generator().manual_seed(0))
+    assert full["n_terms"] == 100 and not torch.isnan(full["terms"]).any()
+    assert torch.allclose(full["total"], full["prior"] + full["terms"].sum(1))
+    ests = torch.stack([L.bits_per_dim(model, sched, x0, n_terms=20, generator=torch.Generator().manual_seed(s))["total"]
+                        for s in range(30)])
+    # the estimator is unbiased: its mean over draws is near the exact sum (tolerance from its spread)
+    assert torch.allclose(ests.mean(0), full["total"], atol=(4 * ests.std(0) / 30 ** 0.5).max().item() + 1e-3)
+    with pytest.raises(ValueError, match="n_terms must be None"):
+        L.bits_per_dim(model, sched, x0, n_terms=0)
+
+
+def test_nan_data_refused():
+    with pytest.raises(ValueError, match="finite"):
+        L.check_image_range(torch.tensor([0.0, float("nan")]))

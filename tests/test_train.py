@@ -1,0 +1,120 @@
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from ddpm_tutor.checkpoint import load_checkpoint, save_checkpoint
+from ddpm_tutor.data import toy2d
+from ddpm_tutor.models import MLPConfig, MLPDenoiser
+from ddpm_tutor.schedules import Schedule
+from ddpm_tutor.train import TrainConfig, Trainer, load_model
+
+CFG = dict(steps=40, batch_size=64, lr=1e-3, warmup=5, ema_decay=0.9, seed=3)
+
+
+def make_trainer(**over):
+    torch.manual_seed(0)
+    model = MLPDenoiser(MLPConfig(hidden=32, n_blocks=2))
+    data = toy2d("moons", 500, torch.Generator().manual_seed(0))
+    return Trainer(model, Schedule.linear(100), data, TrainConfig(**{**CFG, **over}), device="cpu",
+                   model_spec={"kind": "mlp", "config": model.config_dict()})
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_train import make_trainer
+    tr = make_trainer()
+    torch.manual_seed(12345)  # a different global state: the checkpoint must restore everything that matters
+    tr.load({ckpt!r})
+    tr.run(progress=False)
+    tr.save({out!r})
+""")
+
+
+def test_resume_is_bit_for_bit_in_a_fresh_process(tmp_path):
+    straight = make_trainer()
+    straight.run(progress=False)
+    half = make_trainer()
+    half.run(CFG["steps"] // 2, progress=False, checkpoint=tmp_path / "half.pt")
+    script = RESUME_SCRIPT.format(tests=str(pathlib.Path(__file__).parent), ckpt=str(tmp_path / "half.pt"),
+                                  out=str(tmp_path / "resumed.pt"))
+    subprocess.run([sys.executable, "-c", script], check=True)
+    resumed = load_checkpoint(tmp_path / "resumed.pt")
+    assert resumed["step"] == CFG["steps"]
+    for name, ref in straight.model.state_dict().items():
+        assert torch.equal(resumed["model"][name], ref), name
+    for name, ref in straight.ema.state_dict().items():
+        assert torch.equal(resumed["ema"][name], ref), name
+    assert resumed["losses"] == straight.losses
+    # and the test can fail: a run resumed without the generator state diverges
+    other = make_trainer()
+    other.load(tmp_path / "half.pt")
+    other.generator.manual_seed(999)
+    other.run(progress=False)
+    assert not torch.equal(other.model.state_dict()["inp.weight"], straight.model.state_dict()["inp.weight"])
+
+
+def test_training_reduces_loss_and_load_model_rebuilds(tmp_path):
+    tr = make_trainer(steps=300, lr=3e-3)
+    losses = tr.run(progress=False, checkpoint=tmp_path / "m.pt")
+    assert sum(losses[-50:]) / 50 < 0.8 * sum(losses[:50]) / 50
+    model, sched, state = load_model(tmp_path / "m.pt", device="cpu")
+    x, t = torch.randn(5, 2), torch.tensor([0, 10, 50, 70, 99])
+    with torch.no_grad():
+        assert torch.allclose(model(x, t), tr.ema_model.eval()(x, t))
+    assert torch.equal(sched.beta, tr.sched.beta)
+
+
+def test_nan_loss_stops_with_clear_message():
+    tr = make_trainer()
+    tr.data = tr.data.clone()
+    with torch.no_grad():
+        tr.model.inp.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="loss became nan at step 0"):
+        tr.train_step()
+
+
+def test_checkpoint_is_atomic_and_weights_only(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint({"a": torch.ones(3)}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(Exception):
+        save_checkpoint({"a": Boom()}, path)
+    assert torch.equal(load_checkpoint(path)["a"], torch.ones(3))  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+    # a pickle that would run code is refused by weights_only loading
+    torch.save({"f": print}, tmp_path / "evil.pt")
+    with pytest.raises(Exception):
+        load_checkpoint(tmp_path / "evil.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("over, msg", [
+    ({"steps": 0}, "steps must be a positive integer"),
+    ({"lr": 0.0}, "lr must be > 0"),
+    ({"ema_decay": 1.0}, r"ema_decay must lie in \[0, 1\)"),
+    ({"parameterization": "noise"}, "parameterization must be one of"),
+    ({"weighting": "snr3"}, "weighting must be one of"),
+])
+def test_bad_config(over, msg):
+    with pytest.raises(ValueError, match=msg):
+        TrainConfig(**over)
+
+
+def test_bad_data():
+    model = MLPDenoiser()
+    with pytest.raises(ValueError, match="finite"):
+        Trainer(model, Schedule.linear(10), torch.tensor([[0.0, float("nan")]]), device="cpu")
+    with pytest.raises(ValueError, match="labels must have shape"):
+        Trainer(model, Schedule.linear(10), torch.zeros(4, 2), labels=torch.zeros(3, dtype=torch.long), device="cpu")
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 2\)"):
+        model(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))
