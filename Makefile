@@ -47,7 +47,7 @@ test-lib: $(STAMP)
 	$(BIN)/python -m pytest tests -q
 
 test-nb: $(STAMP)
-	DDPM_TUTOR_BUDGET=ci $(BIN)/python -m pytest -q --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:randomly book
+	DDPM_TUTOR_BUDGET=ci $(BIN)/python -m pytest -q --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly book
 
 ## The book under budget ci into _build_ci/_build/html, with its own execution cache (_build_ci/_build/.jupyter_cache)
 test-book: $(STAMP) mathjax
@@ -72,11 +72,13 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
 
-## MathJax 3 (npm's es5 build) copied into _assets/mathjax, which Sphinx serves as _static/mathjax
+## MathJax 3 (npm's es5 build, version locked in tests/browser) copied into _assets/mathjax, which Sphinx
+## serves as _static/mathjax. Needs npm only when _assets/mathjax is missing (rm -rf _assets to refresh).
 MATHJAX_SRC := tests/browser/node_modules/mathjax/es5
 MATHJAX_DST := _assets/mathjax
 mathjax: $(MATHJAX_DST)/tex-chtml-full.js
-$(MATHJAX_DST)/tex-chtml-full.js: $(NODE_STAMP)
+$(MATHJAX_DST)/tex-chtml-full.js:
+	$(MAKE) --no-print-directory node-deps
 	rm -rf $(MATHJAX_DST) && mkdir -p $(MATHJAX_DST)/output
 	cp $(MATHJAX_SRC)/tex-chtml-full.js $(MATHJAX_SRC)/startup.js $(MATHJAX_DST)/
 	cp -r $(MATHJAX_SRC)/input $(MATHJAX_SRC)/ui $(MATHJAX_SRC)/a11y $(MATHJAX_SRC)/sre $(MATHJAX_SRC)/adaptors $(MATHJAX_DST)/
@@ -85,4 +87,4 @@ $(MATHJAX_DST)/tex-chtml-full.js: $(NODE_STAMP)
 	touch $@
 
 clean:
-	rm -rf _build _build_ci _build_student _assets
+	rm -rf _build _build_ci _build_student

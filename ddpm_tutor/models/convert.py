@@ -145,8 +145,8 @@ def unet_from_diffusers(source, config: Optional[Mapping[str, Any]] = None) -> t
     """Convert a diffusers UNet2DModel (or its state dict) to (UNetConfig, state dict of our `UNet`).
 
     source: a UNet2DModel (its own config is used) or a state dict, with `config` its UNet2DModel arguments
-    (default: the released CIFAR-10 model's, DDPM_CIFAR10_DIFFUSERS_CONFIG). Attention's dense q/k/v/out
-    weights (C, C) become 1x1 convs (C, C, 1, 1); nothing else changes. Load with
+    (default: the released CIFAR-10 model's, DDPM_CIFAR10_DIFFUSERS_CONFIG). Only names change; every
+    tensor keeps its shape and values. Load with
     `UNet(cfg).load_state_dict(sd)` (strict: every weight must be accounted for).
     """
     if hasattr(source, "state_dict") and hasattr(source, "config"):
@@ -158,7 +158,8 @@ def unet_from_diffusers(source, config: Optional[Mapping[str, Any]] = None) -> t
     else:
         raise ValueError(f"source must be a diffusers UNet2DModel or a state dict, got {type(source).__name__}")
     ucfg = config_from_diffusers(dcfg)
-    ours = UNet(ucfg).state_dict()
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        ours = UNet(ucfg).state_dict()
     out = {}
     for key, value in sd.items():
         try:
@@ -167,13 +168,10 @@ def unet_from_diffusers(source, config: Optional[Mapping[str, Any]] = None) -> t
             raise ValueError(f"diffusers weight {key!r} has no counterpart in our UNet") from None
         if name not in ours:
             raise ValueError(f"diffusers weight {key!r} maps to {name!r}, which our UNet for {ucfg} lacks")
-        value = value.detach()
-        if value.ndim == 2 and ours[name].ndim == 4:  # dense layer over channels == 1x1 conv
-            value = value[:, :, None, None]
         if value.shape != ours[name].shape:
             raise ValueError(f"diffusers weight {key!r} has shape {tuple(value.shape)}, expected "
                              f"{tuple(ours[name].shape)} for our {name!r}")
-        out[name] = value.clone()
+        out[name] = value.detach().clone()
     missing = sorted(set(ours) - set(out))
     if missing:
         raise ValueError(f"the diffusers weights lack {len(missing)} of ours, e.g. {missing[:3]}")

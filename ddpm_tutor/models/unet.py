@@ -87,10 +87,12 @@ class UNetConfig:
         """A small model for 28x28 digits that trains usefully on two CPU cores in minutes.
 
         Levels 28 -> 14 -> 7 with 32, 64, 64 channels, one residual block per level going down (two going up):
-        about 1.0M parameters. Attention only at 7x7 (49 positions), where it is cheap.
+        1,112,801 parameters. Attention only at 7x7 (49 positions), where it is cheap. No dropout: CPU budgets
+        stop training long before a model this size overfits, and dropout slows early progress (and costs
+        about 10% of a CPU step). On 2 CPU cores a training step at batch 64 takes about 0.6 s.
         """
         base = dict(image_size=28, in_channels=1, out_channels=1, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-                    attn_resolutions=(7,), dropout=0.1)
+                    attn_resolutions=(7,), dropout=0.0)
         return cls(**{**base, **overrides})
 
     def to_dict(self) -> dict:
@@ -136,26 +138,25 @@ class ResBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over the H*W positions: x + proj(softmax(q k^T / sqrt(C)) v).
 
-    Ho et al. 2020, appendix B (their attn_block); q, k, v, proj are 1x1 convs of GroupNorm(x).
+    Ho et al. 2020, appendix B (their attn_block); q, k, v, proj are 1x1 projections of GroupNorm(x), i.e.
+    dense layers over the channels at every position (nn.Linear: PyTorch's CPU 1x1 conv is much slower).
     x: (B, C, H, W) -> (B, C, H, W).
     """
 
     def __init__(self, ch: int, groups: int):
         super().__init__()
         self.norm = nn.GroupNorm(groups, ch, eps=NORM_EPS)
-        self.q = nn.Conv2d(ch, ch, 1)
-        self.k = nn.Conv2d(ch, ch, 1)
-        self.v = nn.Conv2d(ch, ch, 1)
-        self.proj_out = _zero(nn.Conv2d(ch, ch, 1))
+        self.q = nn.Linear(ch, ch)
+        self.k = nn.Linear(ch, ch)
+        self.v = nn.Linear(ch, ch)
+        self.proj_out = _zero(nn.Linear(ch, ch))
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        h = self.norm(x)
-        # (B, 1 head, H*W, C): positions are the sequence, channels the features
-        q, k, v = (m(h).reshape(B, 1, C, H * W).transpose(-1, -2) for m in (self.q, self.k, self.v))
-        a = F.scaled_dot_product_attention(q, k, v)  # default scale is C^-1/2, as in the paper's code
-        a = a.transpose(-1, -2).reshape(B, C, H, W)
-        return x + self.proj_out(a)
+        h = self.norm(x).reshape(B, C, H * W).transpose(1, 2)  # (B, H*W, C): positions are the sequence
+        q, k, v = (m(h)[:, None] for m in (self.q, self.k, self.v))  # (B, 1 head, H*W, C)
+        a = F.scaled_dot_product_attention(q, k, v)[:, 0]  # default scale is C^-1/2, as in the paper's code
+        return x + self.proj_out(a).transpose(1, 2).reshape(B, C, H, W)
 
 
 class Downsample(nn.Module):

@@ -1,0 +1,477 @@
+"""Players (static animations that carry their frames) and live widgets for the book.
+
+Static players
+--------------
+A player is a small animation with a frame slider and play / step buttons. It is matplotlib's
+``to_jshtml`` markup (every frame embedded as a PNG), so it works with no kernel and no network: in the
+published HTML book, in Colab and in Jupyter. Every player returns a :class:`Player` (an
+``IPython.display.HTML``): make it the last expression of a cell. Nothing else is displayed (the figure
+used to draw the frames is never shown as a separate PNG).
+
+- :func:`scatter_player` -- 2-D point clouds over time (the forward chain, a sampler's trajectory).
+- :func:`image_player` -- batches of images in [-1, 1] over time, drawn as one grid per frame.
+- :func:`line_player` -- curves y(x) over time (1-D densities, schedules).
+- :func:`player` -- anything: ``draw(ax, i)`` draws frame ``i`` on an empty axes.
+
+Keep players light: at most :data:`MAX_FRAMES` frames (pick them with :func:`pick_frames`) and small
+figures; a page of the book downloads every frame of every player on it.
+
+Static helpers: :func:`image_grid` (one grid of images), :func:`pick_frames`.
+
+Live widgets (ipywidgets)
+-------------------------
+What cannot be precomputed (designing a schedule, a guidance scale) uses ipywidgets sliders, which need
+a running kernel. :func:`live_plot` builds one. In the HTML book such cells show nothing; chapters follow
+this convention:
+
+1. a Markdown cell with the live-only note right before the cell (the text of :data:`LIVE_ONLY_NOTE`)::
+
+       :::{note} Live only
+       The next cell makes sliders ... (see LIVE_ONLY_NOTE)
+       :::
+
+2. the widget cell itself is tagged ``remove-output`` (so the web page has no dead slider); its code
+   stays visible. It must run without error under every budget (nbval and the book build run it).
+
+:func:`live_only_note` displays the same note from a code cell, for notebooks run outside the book.
+
+Chapter conventions (summary; ``book/_template.ipynb`` is the example to copy; tests/test_book_config.py
+checks them for every notebook in _toc.yml)
+--------------------------------------------------------------------------------------------------------
+- Committed without outputs. First code cell: the Colab install cell, tagged ``remove-cell``::
+
+      import sys
+      if "google.colab" in sys.modules:  # Colab: install the package from the book's home
+          %pip install -q "ddpm-tutor @ git+https://github.com/ddpm-tutor/ddpm-tutor"
+
+- A ``# Title`` Markdown cell, then learning goals; the imports cell calls
+  ``ddpm_tutor.budget.announce(...)`` and takes every costly size from ``budget.pick(ci=, book=, full=)``.
+- Labelled equations: ``$$ ... $$ (eq-<chapter>-<name>)``, referred to with ``{eq}`eq-<chapter>-<name>```
+  (labels are global to the book: prefix them with the chapter). Propositions and proofs:
+  ``:::{prf:proposition} Title`` + ``:label: prop-<chapter>-<name>``, ``:::{prf:proof}``;
+  ``{prf:ref}`label```. Citations: ``{cite}`ho2020denoising``` or ``{cite:t}`key``` (keys in
+  book/references.bib).
+- Exercises: ``:::{exercise}`` + ``:label: ex-<chapter>-<name>``, then ``:::{solution} ex-<chapter>-<name>``
+  with ``:class: dropdown``. Solutions are Markdown (code in them is a fenced block, shown, not run): the
+  gated ``solution-start``/``solution-end`` form leaks into the student edition with sphinx-exercise 1.2.
+- Self-check cells: plain ``assert`` statements, tagged ``self-check``, printing one line on success.
+- Live widgets: ``import ipywidgets`` only in the widget cell itself, tagged ``remove-output``, right after
+  a Markdown cell ``:::{note}`` / ``**Live only.** ...`` / ``:::``.
+- Players: the last expression of their cell, at most :data:`MAX_FRAMES` frames.
+"""
+from __future__ import annotations
+
+import base64
+import re
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import matplotlib
+import numpy as np
+from IPython.display import HTML, Markdown
+from matplotlib import animation
+from matplotlib.figure import Figure
+
+__all__ = [
+    "MAX_FRAMES",
+    "LIVE_ONLY_NOTE",
+    "Player",
+    "player",
+    "scatter_player",
+    "image_player",
+    "line_player",
+    "image_grid",
+    "pick_frames",
+    "live_only_note",
+    "live_plot",
+]
+
+MAX_FRAMES = 40
+"""Most frames a player may carry (each is a PNG embedded in the page)."""
+
+EMBED_LIMIT_MB = 50.0
+# matplotlib drops frames (with only a warning) past this size; players check that none were dropped.
+if float(matplotlib.rcParams["animation.embed_limit"]) < EMBED_LIMIT_MB:
+    matplotlib.rcParams["animation.embed_limit"] = EMBED_LIMIT_MB
+
+LIVE_ONLY_NOTE = (
+    "The next cell makes interactive controls (ipywidgets). They need a running Python kernel, so they "
+    "appear only when you run this chapter in Colab or Jupyter (launch button at the top of the page); "
+    "this web page shows the code alone."
+)
+
+# matplotlib's player markup loads Font Awesome 4 from a CDN for its button icons. The book must work
+# offline, so the link is dropped and each icon is replaced by a plain character.
+_CDN_LINK = re.compile(r"<link[^>]*href=\"https?://[^\"]*\"[^>]*>\s*", re.IGNORECASE)
+_ICONS = {
+    "fa fa-minus": "\u2212",  # slower
+    "fa fa-fast-backward": "\u00ab",  # first frame
+    "fa fa-step-backward": "\u2039",  # previous frame
+    "fa fa-play fa-flip-horizontal": "\u25c0",  # play backwards
+    "fa fa-pause": "\u275a\u275a",  # pause
+    "fa fa-play": "\u25b6",  # play
+    "fa fa-step-forward": "\u203a",  # next frame
+    "fa fa-fast-forward": "\u00bb",  # last frame
+    "fa fa-plus": "+",  # faster
+}
+_FRAME = re.compile(r"frames\[(\d+)\]\s*=\s*\"data:image/")
+
+
+class Player(HTML):
+    """An ``IPython.display.HTML`` holding one player's markup, with its frame count and labels."""
+
+    def __init__(self, html: str, n_frames: int, labels: Sequence[str]):
+        super().__init__(html)
+        self.n_frames = n_frames
+        self.labels = list(labels)
+
+    def __repr__(self) -> str:
+        return f"<Player: {self.n_frames} frames>"
+
+
+def _check_labels(labels: Sequence[str] | None, n_frames: int) -> list[str]:
+    if labels is None:
+        return [f"frame {i + 1} of {n_frames}" for i in range(n_frames)]
+    if isinstance(labels, str):
+        raise ValueError("labels must be a list of strings, one per frame, got a single string")
+    labels = [str(label) for label in labels]
+    if len(labels) != n_frames:
+        raise ValueError(f"labels must have one entry per frame: {n_frames} frames, got {len(labels)} labels")
+    return labels
+
+
+def _check_n_frames(n_frames: int, max_frames: int) -> int:
+    if not isinstance(n_frames, (int, np.integer)) or isinstance(n_frames, bool) or n_frames < 1:
+        raise ValueError(f"a player needs a positive whole number of frames, got {n_frames!r}")
+    if n_frames > max_frames:
+        raise ValueError(
+            f"a player may carry at most {max_frames} frames (each is an image in the page), got {n_frames}; "
+            "choose fewer with ddpm_tutor.viz.pick_frames"
+        )
+    return int(n_frames)
+
+
+def _offline_markup(html: str) -> str:
+    html = _CDN_LINK.sub("", html)
+    for icon, char in _ICONS.items():
+        html = html.replace(f'<i class="{icon}"></i>', f'<span aria-hidden="true">{char}</span>')
+    return html
+
+
+def player(
+    draw: Callable,
+    n_frames: int,
+    labels: Sequence[str] | None = None,
+    *,
+    title: str | None = None,
+    figsize: tuple[float, float] = (3.6, 3.2),
+    dpi: int = 80,
+    interval_ms: int = 250,
+    loop: bool = False,
+    max_frames: int = MAX_FRAMES,
+) -> Player:
+    """A player of ``n_frames`` frames; ``draw(ax, i)`` draws frame ``i`` onto an empty axes.
+
+    ``labels[i]`` (e.g. ``"t = 250"``) is the axes' title of frame ``i``; ``title`` is the figure's
+    title, the same on every frame. Returns a :class:`Player` to display.
+    """
+    n_frames = _check_n_frames(n_frames, max_frames)
+    labels = _check_labels(labels, n_frames)
+    if not callable(draw):
+        raise ValueError(f"draw must be a function draw(ax, i), got {type(draw).__name__}")
+    if interval_ms <= 0:
+        raise ValueError(f"interval_ms must be positive, got {interval_ms}")
+
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    if title:
+        fig.suptitle(title, fontsize="medium")
+
+    def update(i):
+        ax.clear()
+        draw(ax, i)
+        ax.set_title(labels[i], fontsize="small")
+        return []
+
+    anim = animation.FuncAnimation(fig, update, frames=n_frames, interval=interval_ms, blit=False, repeat=loop)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "player.html")
+        writer = animation.HTMLWriter(fps=1000.0 / interval_ms, embed_frames=True,
+                                      default_mode="loop" if loop else "once")
+        anim.save(str(path), writer=writer, dpi=dpi)
+        html = path.read_text()
+    found = len(_FRAME.findall(html))
+    if found != n_frames:
+        raise RuntimeError(
+            f"the player holds {found} of its {n_frames} frames: matplotlib's animation.embed_limit "
+            f"({matplotlib.rcParams['animation.embed_limit']} MB) was reached; use fewer or smaller frames"
+        )
+    return Player(_offline_markup(html), n_frames, labels)
+
+
+def _as_numpy(x, what: str) -> np.ndarray:
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            x = x.detach().to("cpu", torch.float64).numpy()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    arr = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{what} must be finite, got NaN or inf")
+    return arr
+
+
+def _limits(lims, clouds: list[np.ndarray]):
+    if lims is None:
+        pts = np.concatenate(clouds, axis=0)
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        pad = 0.05 * np.maximum(hi - lo, 1e-6)
+        return (lo[0] - pad[0], hi[0] + pad[0]), (lo[1] - pad[1], hi[1] + pad[1])
+    if isinstance(lims, (int, float, np.integer, np.floating)) and not isinstance(lims, bool):
+        if lims <= 0:
+            raise ValueError(f"lims as one number L means [-L, L] on both axes and must be positive, got {lims}")
+        return (-float(lims), float(lims)), (-float(lims), float(lims))
+    try:
+        (x0, x1), (y0, y1) = lims
+    except (TypeError, ValueError) as err:
+        raise ValueError("lims must be None, a number L, or ((xmin, xmax), (ymin, ymax))") from err
+    return (float(x0), float(x1)), (float(y0), float(y1))
+
+
+def scatter_player(
+    frames: Sequence,
+    labels: Sequence[str] | None = None,
+    *,
+    lims=None,
+    title: str | None = None,
+    reference=None,
+    interval_ms: int = 250,
+    s: float = 4.0,
+    color: str = "C0",
+    alpha: float = 0.6,
+    figsize: tuple[float, float] = (3.4, 3.4),
+    dpi: int = 80,
+    loop: bool = False,
+) -> Player:
+    """A player of 2-D point clouds: ``frames[i]`` is an (N, 2) tensor or array.
+
+    ``lims``: ``None`` (fit all frames, the same on every frame), a number L ([-L, L] on both axes) or
+    ``((xmin, xmax), (ymin, ymax))``. ``reference``: optional (M, 2) points (e.g. the data) drawn faded
+    behind every frame.
+    """
+    if isinstance(frames, (np.ndarray,)) and frames.ndim == 3:
+        frames = list(frames)
+    frames = [_as_numpy(f, "every frame") for f in frames]
+    for i, f in enumerate(frames):
+        if f.ndim != 2 or f.shape[1] != 2:
+            raise ValueError(f"scatter_player: every frame must have shape (N, 2), frame {i} has {f.shape}")
+    ref = None
+    if reference is not None:
+        ref = _as_numpy(reference, "reference")
+        if ref.ndim != 2 or ref.shape[1] != 2:
+            raise ValueError(f"scatter_player: reference must have shape (M, 2), got {ref.shape}")
+    _check_n_frames(len(frames), MAX_FRAMES)
+    xlim, ylim = _limits(lims, frames + ([ref] if ref is not None else []))
+
+    def draw(ax, i):
+        if ref is not None:
+            ax.scatter(ref[:, 0], ref[:, 1], s=s, color="0.75", alpha=0.5, linewidths=0)
+        ax.scatter(frames[i][:, 0], frames[i][:, 1], s=s, color=color, alpha=alpha, linewidths=0)
+        ax.set_xlim(xlim)
+        ax.set_ylim(ylim)
+        ax.set_aspect("equal", adjustable="box")
+        ax.tick_params(labelsize="x-small")
+
+    return player(draw, len(frames), labels, title=title, figsize=figsize, dpi=dpi,
+                  interval_ms=interval_ms, loop=loop)
+
+
+def _check_images(x, what: str = "images") -> "torch.Tensor":  # noqa: F821
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(np.asarray(x))
+    x = x.detach().to("cpu", torch.float32)
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"{what} must have shape (B, C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} must be finite, got NaN or inf")
+    lo, hi = x.min().item(), x.max().item()
+    if lo < -1.0 or hi > 1.0:
+        raise ValueError(
+            f"{what} must lie in [-1, 1] (the data range of the book), got values in [{lo:.3g}, {hi:.3g}]; "
+            "nothing is clipped silently: to show x_t, clip it yourself with x.clamp(-1, 1) and say so"
+        )
+    return x
+
+
+def image_grid(x, nrow: int = 8, *, ax=None, padding: int = 2, title: str | None = None) -> np.ndarray:
+    """One grid of images: ``x`` is (B, C, H, W) (or (C, H, W)) in [-1, 1], C = 1 or 3.
+
+    Returns the grid as an (H', W', 3) float array in [0, 1]; draws it on ``ax`` (axis off) when given.
+    Values outside [-1, 1] raise ``ValueError``.
+    """
+    from torchvision.utils import make_grid
+
+    if nrow < 1:
+        raise ValueError(f"nrow must be at least 1, got {nrow}")
+    x = _check_images(x)
+    grid = make_grid((x + 1) / 2, nrow=nrow, padding=padding, pad_value=1.0)
+    arr = grid.permute(1, 2, 0).numpy().clip(0.0, 1.0)  # guards float rounding only: inputs were checked
+    if ax is not None:
+        ax.imshow(arr, interpolation="nearest")
+        ax.set_axis_off()
+        if title:
+            ax.set_title(title, fontsize="small")
+    return arr
+
+
+def image_player(
+    frames: Sequence,
+    labels: Sequence[str] | None = None,
+    *,
+    nrow: int = 8,
+    title: str | None = None,
+    interval_ms: int = 300,
+    figsize: tuple[float, float] | None = None,
+    dpi: int = 80,
+    loop: bool = False,
+) -> Player:
+    """A player of image batches: ``frames[i]`` is a (B, C, H, W) tensor in [-1, 1], drawn as one grid.
+
+    Values outside [-1, 1] raise ``ValueError`` (x_t of the forward or reverse chain leaves that range:
+    clip it explicitly with ``x.clamp(-1, 1)``, or show the predicted x_0).
+    """
+    _check_n_frames(len(frames), MAX_FRAMES)
+    grids = [image_grid(f, nrow=nrow) for f in frames]
+    shapes = {g.shape for g in grids}
+    if len(shapes) != 1:
+        raise ValueError(f"image_player: every frame must give the same grid, got grid shapes {sorted(shapes)}")
+    h, w, _ = grids[0].shape
+    if figsize is None:
+        scale = 3.6 / max(h, w)
+        figsize = (max(w * scale, 1.5), max(h * scale, 1.5) + 0.4)
+
+    def draw(ax, i):
+        ax.imshow(grids[i], interpolation="nearest")
+        ax.set_axis_off()
+
+    return player(draw, len(grids), labels, title=title, figsize=figsize, dpi=dpi,
+                  interval_ms=interval_ms, loop=loop)
+
+
+def line_player(
+    x,
+    frames: Sequence,
+    labels: Sequence[str] | None = None,
+    *,
+    reference=None,
+    ylim=None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    title: str | None = None,
+    interval_ms: int = 250,
+    figsize: tuple[float, float] = (4.0, 2.8),
+    dpi: int = 80,
+    loop: bool = False,
+) -> Player:
+    """A player of curves: frame ``i`` draws ``frames[i]`` against ``x``.
+
+    ``frames[i]`` is a 1-D array of ``len(x)`` values, or a 2-D (K, len(x)) array of K curves.
+    ``reference``: an optional curve (1-D, ``len(x)``) drawn dashed on every frame. ``ylim`` defaults to
+    the range of all frames, the same on every frame.
+    """
+    xs = _as_numpy(x, "x")
+    if xs.ndim != 1:
+        raise ValueError(f"line_player: x must be 1-D, got shape {xs.shape}")
+    ys = [np.atleast_2d(_as_numpy(f, "every frame")) for f in frames]
+    for i, y in enumerate(ys):
+        if y.ndim != 2 or y.shape[1] != xs.shape[0]:
+            raise ValueError(f"line_player: frame {i} must have {xs.shape[0]} values per curve, got {y.shape}")
+    ref = None
+    if reference is not None:
+        ref = _as_numpy(reference, "reference")
+        if ref.shape != xs.shape:
+            raise ValueError(f"line_player: reference must have shape {xs.shape}, got {ref.shape}")
+    _check_n_frames(len(ys), MAX_FRAMES)
+    if ylim is None:
+        allv = np.concatenate([y.ravel() for y in ys] + ([ref] if ref is not None else []))
+        lo, hi = allv.min(), allv.max()
+        pad = 0.05 * max(hi - lo, 1e-6)
+        ylim = (lo - pad, hi + pad)
+
+    def draw(ax, i):
+        if ref is not None:
+            ax.plot(xs, ref, "--", color="0.5", lw=1)
+        for k, y in enumerate(ys[i]):
+            ax.plot(xs, y, color=f"C{k}", lw=1.5)
+        ax.set_xlim(xs.min(), xs.max())
+        ax.set_ylim(ylim)
+        if xlabel:
+            ax.set_xlabel(xlabel, fontsize="small")
+        if ylabel:
+            ax.set_ylabel(ylabel, fontsize="small")
+        ax.tick_params(labelsize="x-small")
+
+    return player(draw, len(ys), labels, title=title, figsize=figsize, dpi=dpi,
+                  interval_ms=interval_ms, loop=loop)
+
+
+def pick_frames(seq: Sequence, n: int = 20) -> list:
+    """``n`` evenly spaced items of ``seq``, always including its first and last (all of it if shorter)."""
+    seq = list(seq)
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if len(seq) <= n:
+        return seq
+    if n == 1:
+        return [seq[-1]]
+    idx = np.unique(np.round(np.linspace(0, len(seq) - 1, n)).astype(int))
+    return [seq[i] for i in idx]
+
+
+def frames_in(html: str | HTML) -> int:
+    """How many embedded frames a player's markup holds (used by the tests)."""
+    text = html.data if isinstance(html, HTML) else html
+    return len(_FRAME.findall(text))
+
+
+def live_only_note() -> Markdown:
+    """The live-only note as Markdown output (the book itself puts it in a ``:::{note}`` Markdown cell)."""
+    return Markdown(f"**Live only.** {LIVE_ONLY_NOTE}")
+
+
+def live_plot(draw: Callable, *, figsize: tuple[float, float] = (4.5, 3.0), **controls):
+    """A live plot: ipywidgets controls, and ``draw(ax, **values)`` redrawn whenever one moves.
+
+    ``controls`` are ipywidgets (``FloatSlider(...)``) or ``interact`` abbreviations (``(0.0, 1.0, 0.01)``).
+    Returns the widget (make it the last expression of the cell). Live only: tag the cell
+    ``remove-output`` and put the live-only note before it.
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    def update(**values):
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+        draw(ax, **values)
+        if "inline" in matplotlib.get_backend().lower():
+            plt.show()
+        plt.close(fig)
+
+    for control in controls.values():
+        if hasattr(control, "continuous_update"):
+            control.continuous_update = False  # redraw when a slider is released, not on every pixel
+    return widgets.interactive(update, **controls)
+
+
+def _png_bytes(html: str, i: int = 0) -> bytes:
+    """The PNG bytes of frame ``i`` of a player's markup (for tests)."""
+    match = re.search(rf"frames\[{i}\]\s*=\s*\"data:image/png;base64,([^\"]*)\"", html)
+    if match is None:
+        raise ValueError(f"no PNG frame {i} in this markup")
+    return base64.b64decode(match.group(1).replace("\\\n", ""))
