@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from ddpm_tutor.data import TOY2D, GaussianMixture, toy2d
+from ddpm_tutor.metrics import compare_to_data, energy_distance, noise_floor, sliced_wasserstein
+
+
+def test_sliced_wasserstein_of_a_shift_is_the_shift(gen):
+    x = torch.randn(4000, 2, generator=gen, dtype=torch.float64)
+    # shifting by d moves every 1D projection by d.u; the mean of (d.u)^2 over unit u in 2D is |d|^2 / 2
+    d = torch.tensor([0.6, 0.8], dtype=torch.float64)
+    sw = sliced_wasserstein(x, x + d, n_projections=4000, generator=gen)
+    assert sw == pytest.approx((1.0 / 2) ** 0.5, rel=0.03)
+    assert sliced_wasserstein(x, x, generator=gen) == 0.0
+
+
+def test_energy_distance_detects_difference_and_floor(gen):
+    draw = lambda n, g: torch.randn(n, 2, generator=g, dtype=torch.float64)
+    floor = noise_floor(draw, 1000, energy_distance)
+    far = energy_distance(draw(1000, gen), draw(1000, gen) * 1.5)
+    assert far > 5 * floor > 0
+    r = compare_to_data(draw(1000, gen), draw)
+    assert r["sw_ratio"] < 2.5 and r["ed_ratio"] < 4
+    with pytest.raises(ValueError, match="finite"):
+        energy_distance(torch.tensor([[float("nan"), 0.0]]), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="equal sample sizes"):
+        sliced_wasserstein(torch.zeros(3, 2), torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize("name", TOY2D)
+def test_toy2d_shapes_and_reproducible(name):
+    a = toy2d(name, 500, torch.Generator().manual_seed(0))
+    b = toy2d(name, 500, torch.Generator().manual_seed(0))
+    assert a.shape == (500, 2) and torch.equal(a, b)
+    assert 0.3 < a.std() < 1.5
+
+
+def test_toy2d_bad_input():
+    with pytest.raises(ValueError, match="name must be one of"):
+        toy2d("spiral", 10)
+    with pytest.raises(ValueError, match="positive integer"):
+        toy2d("moons", 0)
+
+
+def test_mixture_score_against_autograd_and_tweedie(gen):
+    gm = GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[0.0, 1.0], [1.0, -1.0]]),
+                         torch.stack([torch.tensor([[0.3, 0.1], [0.1, 0.2]]), 0.1 * torch.eye(2)]))
+    x = torch.randn(50, 2, generator=gen, dtype=torch.float64).requires_grad_(True)
+    (grad,) = torch.autograd.grad(gm.log_prob(x).sum(), x)
+    assert torch.allclose(gm.score(x.detach()), grad, atol=1e-10)
+    # Tweedie: E[x0 | x_t] = (x_t + (1 - a) score_t(x_t)) / sqrt(a), against Gaussian conditioning
+    a = 0.4
+    xt = x.detach()
+    tweedie = (xt + (1 - a) * gm.diffused(a).score(xt)) / a ** 0.5
+    assert torch.allclose(gm.posterior_mean_x0(xt, a), tweedie, atol=1e-10)
+    # the log density integrates to one on a grid
+    g = torch.linspace(-4, 5, 400, dtype=torch.float64)
+    X, Y = torch.meshgrid(g, g, indexing="ij")
+    dens = gm.log_prob(torch.stack([X.flatten(), Y.flatten()], 1)).exp().sum() * (g[1] - g[0]) ** 2
+    assert dens.item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_mixture_bad_input():
+    with pytest.raises(ValueError, match="positive definite"):
+        GaussianMixture(torch.ones(1), torch.zeros(1, 2), -torch.eye(2)[None])
+    with pytest.raises(ValueError, match=r"covs must have shape \(K, D, D\)"):
+        GaussianMixture(torch.ones(1), torch.zeros(1, 2), torch.eye(3)[None])
+    with pytest.raises(ValueError, match=r"alpha_bar must lie in \(0, 1\]"):
+        GaussianMixture.ring().diffused(0.0)
