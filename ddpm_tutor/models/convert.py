@@ -14,7 +14,6 @@ import torch
 
 from .unet import UNet, UNetConfig
 
-Tensor = torch.Tensor
 
 DDPM_CIFAR10_REPO = "google/ddpm-cifar10-32"
 
