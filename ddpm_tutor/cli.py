@@ -22,7 +22,8 @@ def _toy_setup(args):
     from .models import MLPConfig, MLPDenoiser
     if args.dataset not in TOY2D:
         raise SystemExit(f"--dataset must be one of {', '.join(TOY2D)}, got {args.dataset!r}")
-    data = toy2d(args.dataset, args.n_data, torch.Generator().manual_seed(args.seed))
+    n_data = 50_000 if args.n_data is None else args.n_data
+    data = toy2d(args.dataset, n_data, torch.Generator().manual_seed(args.seed))
     model = MLPDenoiser(MLPConfig(hidden=args.hidden))
     spec = {"kind": "mlp", "config": model.config_dict(), "data": {"kind": "toy2d", "name": args.dataset}}
     return data, None, model, spec, None
@@ -32,16 +33,19 @@ def _mnist_setup(args):
     from .data.images import load_mnist
     from .models.unet import UNet, UNetConfig
     x, y = load_mnist(train=True)
+    if args.n_data is not None and args.n_data < len(x):  # a subset (first n digits), e.g. for quick tests
+        x, y = x[: args.n_data], y[: args.n_data]
     cfg = UNetConfig.mnist(num_classes=10 if args.conditional else None)
     model = UNet(cfg)
-    from dataclasses import asdict
-    spec = {"kind": "unet", "config": asdict(cfg), "data": {"kind": "mnist"}}
+    spec = {"kind": "unet", "config": cfg.to_dict(), "data": {"kind": "mnist", "n_train": len(x)}}
     return x, (y if args.conditional else None), model, spec, None
 
 
 TRAIN_DEFAULTS = {  # per data kind: the settings a plain `train` uses (each can be overridden by a flag)
     "toy2d": dict(steps=6000, batch_size=512, lr=3e-3, warmup=100, ema_decay=0.995, cosine_decay=True),
-    "mnist": dict(steps=6000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, cosine_decay=True),
+    # MNIST: the recipe of the shipped checkpoint ddpm_tutor/checkpoints/mnist_unet.pt (see its model card):
+    # a short CPU run wants a high learning rate, a short EMA window and a cosine decay to zero.
+    "mnist": dict(steps=600, batch_size=32, lr=2e-3, warmup=50, ema_decay=0.995, cosine_decay=True),
 }
 
 
@@ -50,7 +54,8 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, Trainer
     torch.manual_seed(args.seed)
     data, labels, model, spec, augment = (_toy_setup if args.kind == "toy2d" else _mnist_setup)(args)
-    over = {k: getattr(args, k) for k in ("steps", "batch_size", "lr") if getattr(args, k) is not None}
+    over = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "ema_decay", "warmup")
+            if getattr(args, k, None) is not None}
     cfg = TrainConfig(**{**TRAIN_DEFAULTS[args.kind], **over, "seed": args.seed,
                          "p_uncond": 0.1 if labels is not None else 0.0})
     sched = Schedule.get(args.schedule, args.T)
@@ -157,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--schedule", default="linear", choices=["linear", "cosine"])
     t.add_argument("--T", type=int, default=1000)
-    t.add_argument("--n-data", dest="n_data", type=int, default=50_000, help="toy2d: points in the training set")
+    t.add_argument("--n-data", dest="n_data", type=int, default=None,
+                   help="toy2d: points in the training set (default 50,000); mnist: use only the first N digits")
+    t.add_argument("--ema-decay", dest="ema_decay", type=float, help="EMA decay of the weights")
+    t.add_argument("--warmup", type=int, help="steps of learning-rate warmup")
     t.add_argument("--hidden", type=int, default=128, help="toy2d: MLP width")
     t.add_argument("--conditional", action="store_true", help="mnist: class-conditional with label dropout")
     t.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=1000)

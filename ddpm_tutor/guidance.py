@@ -3,7 +3,7 @@
 Bayes' rule for the noisy marginals, grad log p(x_t | y) = grad log p(x_t) + grad log p(y | x_t), and the
 identity eps = -sqrt(1 - bar alpha_t) grad log p(x_t) turn a class posterior into a correction of eps:
 
-- classifier guidance (Dhariwal & Nichol 2021, Algorithm 1 / eq. 14 in eps form):
+- classifier guidance (Dhariwal & Nichol 2021, sec. 4.2, eq. 14 and Algorithm 2, the eps form):
   eps_guided = eps(x_t, t) - s sqrt(1 - bar alpha_t) grad_x log p_phi(y | x_t, t);
 - classifier-free guidance (Ho & Salimans 2022, eq. 6):
   eps_guided = (1 + w) eps(x_t, t, y) - w eps(x_t, t, null).
@@ -77,7 +77,7 @@ def classifier_grad(classifier: Callable[[Tensor, Tensor], Tensor], x_t: Tensor,
 
 def classifier_guided_model(model: Model, classifier: Callable[[Tensor, Tensor], Tensor], y, scale: float,
                             sched: Schedule) -> Model:
-    """Classifier guidance as a plain eps model (Dhariwal & Nichol 2021, sec. 4, eps form):
+    """Classifier guidance as a plain eps model (Dhariwal & Nichol 2021, eq. 14 and Algorithm 2):
 
         eps_guided(x_t, t) = eps(x_t, t) - scale * sqrt(1 - bar alpha_t) * grad_x log p(y | x_t, t).
 
@@ -344,7 +344,8 @@ def exact_classifier(mixture: GaussianMixture, sched: Schedule, classes=None) ->
 
 
 @torch.no_grad()
-def guidance_metrics(mixture: GaussianMixture, samples: Tensor, y, classes=None, tail: float = 1e-3) -> dict[str, float]:
+def guidance_metrics(mixture: GaussianMixture, samples: Tensor, y, classes=None,
+                     tail: float = 1e-3) -> dict[str, float]:
     """How strongly samples meant for class y belong to it, and what guidance costs, under the exact mixture.
 
     - accuracy: fraction with argmax_k p(k | x) = y under the exact clean-data classifier;

@@ -48,7 +48,9 @@ def eps_weight(sched: Schedule, t: Tensor, x: Tensor, weighting: Weighting, var_
     if weighting == "min_snr":
         return snr.clamp(max=min_snr_gamma) / snr
     if weighting == "vlb":
-        var, _ = reverse_variance(sched, t, x, var_type)
+        # the clipped variance: beta_tilde is 0 at the first step, where the bound has the decoder L_0 instead
+        _, log_var = reverse_variance(sched, t, x, var_type)
+        var = log_var.exp()
         beta, alpha, ab = sched.at("beta", t, x), sched.at("alpha", t, x), sched.at("alpha_bar", t, x)
         return beta ** 2 / (2.0 * var * alpha * (1.0 - ab))
     raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")

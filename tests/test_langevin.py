@@ -55,7 +55,7 @@ def test_annealed_langevin_recovers_weights_that_plain_langevin_misses():
     g = torch.Generator().manual_seed(0)
     x0 = 16 * torch.rand(n, 2, generator=g, dtype=torch.float64) - 8  # uniform on [-8, 8]^2
     x_ann = annealed_langevin(lambda x, i: smoothed[i].score(x), x0, sigmas, 100, 0.1, g)
-    x_plain = langevin_steps(smoothed[-1].score, x0, 0.1, 1000, g)
+    x_plain = langevin_steps(smoothed[-1].score, x0, 0.1, 300, g)
     frac_ann = (x_ann.sum(1) > 0).double().mean().item()
     frac_plain = (x_plain.sum(1) > 0).double().mean().item()
     se = math.sqrt(0.2 * 0.8 / n)

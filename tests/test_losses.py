@@ -67,6 +67,9 @@ def test_weightings_agree_with_their_definitions(gen):
     vlb = L.diffusion_loss(model, sched, x0, t=t, eps=eps, weighting="vlb")
     kl_bits = L.vlb_term_bpd(model, sched, x0, x_t, t)["bpd"]
     assert torch.allclose(vlb / math.log(2), kl_bits, rtol=1e-6)
+    # finite at the first step too (beta_tilde_1 = 0 there; the clipped variance is used)
+    w0 = L.eps_weight(sched, torch.tensor([0, 1]), x0[:2], "vlb")
+    assert torch.isfinite(w0).all() and 0 < w0[0].item() < 2 * w0[1].item()
     with pytest.raises(ValueError, match="weighting must be one of"):
         L.diffusion_loss(model, sched, x0, weighting="snr2")
 

@@ -1,0 +1,64 @@
+import subprocess
+import sys
+
+import torch
+
+from ddpm_tutor.checkpoint import load_checkpoint
+from ddpm_tutor.models.unet import UNet, UNetConfig
+from ddpm_tutor.pretrained import CHECKPOINT_DIR, export_weights, load_pretrained
+from ddpm_tutor.schedules import Schedule
+from ddpm_tutor.train import TrainConfig, Trainer, load_model
+
+TINY = dict(ch=8, ch_mult=(1, 2), attn_resolutions=(14,), num_groups=4, num_classes=10)
+
+
+def _trainer(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 1, 28, 28, generator=g) * 2 - 1
+    y = torch.randint(0, 10, (16,), generator=g)
+    cfg = UNetConfig.mnist(**TINY)
+    model = UNet(cfg)
+    tr = Trainer(model, Schedule.linear(50), x, TrainConfig(steps=2, batch_size=4, p_uncond=0.1), labels=y,
+                 device="cpu", model_spec={"kind": "unet", "config": cfg.to_dict()})
+    tr.run(progress=False)
+    return tr, tr.save(tmp_path / "train.pt")
+
+
+def test_export_round_trip(tmp_path):
+    tr, ckpt = _trainer(tmp_path)
+    out = export_weights(ckpt, tmp_path / "small.pt", notes={"command": "test"})
+    small = torch.load(out, weights_only=True)
+    assert {"format", "model_spec", "schedule", "ema", "train_config", "notes"} <= set(small)
+    assert "opt" not in small and "model" not in small
+    assert out.stat().st_size < ckpt.stat().st_size
+    model, sched, state = load_model(out, device="cpu")
+    assert state["notes"] == {"command": "test"} and state["step"] == 2
+    torch.testing.assert_close(sched.beta, tr.sched.beta)
+    x = torch.randn(2, 1, 28, 28)
+    t = torch.tensor([3, 40])
+    y = torch.tensor([1, 10])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, y), tr.ema_model.eval()(x, t, y))
+
+
+def test_shipped_mnist_model_loads():
+    path = CHECKPOINT_DIR / "mnist_unet.pt"
+    assert path.stat().st_size < 10 * 2**20
+    assert load_checkpoint(path)["format"] == "ddpm_tutor/1"
+    model, sched, meta = load_pretrained("mnist", device="cpu")
+    assert sched.T == 1000 and meta["model_spec"]["config"]["num_classes"] == 10
+    assert (CHECKPOINT_DIR / "mnist_unet.md").is_file()
+    with torch.no_grad():
+        out = model(torch.zeros(2, 1, 28, 28), torch.tensor([0, 999]), torch.tensor([3, 10]))
+    assert out.shape == (2, 1, 28, 28) and torch.isfinite(out).all()
+
+
+def test_cli_train_mnist_two_steps(tmp_path):
+    """`python -m ddpm_tutor train mnist` runs offline on a subset (--n-data) and writes a checkpoint."""
+    r = subprocess.run([sys.executable, "-m", "ddpm_tutor", "train", "mnist", "--conditional", "--steps", "2",
+                        "--batch-size", "4", "--n-data", "64", "--T", "50", "--quiet", "--out", str(tmp_path / "m")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    state = load_checkpoint(tmp_path / "m" / "checkpoint.pt")
+    assert state["step"] == 2 and state["train_config"]["p_uncond"] == 0.1
+    assert state["model_spec"]["kind"] == "unet" and state["model_spec"]["data"]["n_train"] == 64
