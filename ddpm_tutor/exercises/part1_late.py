@@ -185,7 +185,8 @@ def check_ddim_step(fn: Callable) -> str | None:
     eps_hat = torch.randn(5, 2, generator=g, dtype=torch.float64)
     noise = torch.randn(5, 2, generator=g, dtype=torch.float64)
     ab = sched.alpha_bar
-    cases = [(f"eta=0, from t={i + 1} to t={j + 1}", float(ab[i]), float(ab[j]), 0.0) for i, j in [(500, 480), (80, 20)]]
+    cases = [(f"eta=0, from t={i + 1} to t={j + 1}", float(ab[i]), float(ab[j]), 0.0)
+             for i, j in [(500, 480), (80, 20)]]
     cases.append(("eta=0, last step to x_0 (bar alpha_prev = 1)", float(ab[19]), 1.0, 0.0))
     cases += [(f"eta={eta}, from t=501 to t=481", float(ab[500]), float(ab[480]), eta) for eta in (1.0, 0.5)]
     for label, a_t, a_prev, eta in cases:
