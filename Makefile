@@ -43,11 +43,15 @@ book-student: $(STAMP) mathjax
 ## Every test: the library, the notebooks (nbval, budget ci), the book build and the browser check
 test: test-lib test-nb test-book test-browser
 
+## Two workers, one thread each: the tests are many small computations, so two processes use the two cores
+## better than one process with two threads (whose spinning threads also slow everything else down).
+XDIST := -n 2 --dist loadfile
 test-lib: $(STAMP)
-	$(BIN)/python -m pytest tests -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -q $(XDIST)
 
 test-nb: $(STAMP)
-	DDPM_TUTOR_BUDGET=ci $(BIN)/python -m pytest -q --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly book
+	DDPM_TUTOR_BUDGET=ci OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(XDIST) --nbval-lax \
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly $$(ls book/part*/*.ipynb)
 
 ## The book under budget ci into _build_ci/_build/html, with its own execution cache (_build_ci/_build/.jupyter_cache)
 test-book: $(STAMP) mathjax

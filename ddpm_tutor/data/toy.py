@@ -24,7 +24,10 @@ def toy2d(name: str, n: int, generator: torch.Generator | None = None) -> Tensor
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if name == "moons":
-        x, _ = skd.make_moons(n, noise=0.05, random_state=_seed_from(generator))
+        # a binomial split between the moons, as independent draws would give (make_moons alone splits n/2 : n/2,
+        # which makes two data samples agree better than any sampler can and so lowers the noise floor)
+        n_outer = int(torch.binomial(torch.tensor(float(n)), torch.tensor(0.5), generator=generator))
+        x, _ = skd.make_moons((n_outer, n - n_outer), noise=0.05, random_state=_seed_from(generator))
         x = torch.as_tensor(x, dtype=torch.float32)
         return (x - torch.tensor([0.5, 0.25])) / torch.tensor([0.87, 0.5]) * 0.8
     if name == "swiss_roll":

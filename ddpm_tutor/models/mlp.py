@@ -72,7 +72,7 @@ class MLPDenoiser(nn.Module):
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
-        emb = self.t_mlp(timestep_embedding(t, c.t_dim))
+        emb = self.t_mlp(timestep_embedding(t, c.t_dim).to(x.dtype))
         if self.label_emb is not None:
             if y is None:
                 y = torch.full((x.shape[0],), c.num_classes, device=x.device, dtype=torch.long)
