@@ -1,6 +1,8 @@
 """The comparison behind every self-check: a clear verdict, and where the answer first differs."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -33,3 +35,17 @@ def check_close(name: str, got, expected, *, atol: float = 1e-6, rtol: float = 1
     msg = f"{name}: correct ({got.numel()} values match the reference)"
     print(msg)
     return msg
+
+
+def attempt(fn: Callable, name: str, *args, **kwargs):
+    """Run a learner's function: (True, result); (False, None) with a printed line while it is still a stub
+    (raises NotImplementedError); a crash becomes a CheckFailed that names the error."""
+    try:
+        return True, fn(*args, **kwargs)
+    except NotImplementedError:
+        print(f"{name}: not attempted yet (the function still raises NotImplementedError)")
+        return False, None
+    except CheckFailed:
+        raise
+    except Exception as err:  # the learner's code crashed: say so, keep the original error attached
+        raise CheckFailed(f"{name}: your function raised {type(err).__name__}: {err}") from err

@@ -17,28 +17,12 @@ from ..diffusion import PARAMETERIZATIONS, to_x0_eps
 from ..samplers import ddim_step
 from ..schedules import Schedule
 from ._check import CheckFailed, check_close
+from ._check import attempt as _call
 
 Tensor = torch.Tensor
 
 __all__ = ["check_to_x0", "check_cosine_alpha_bar", "check_ddim_step", "ddim_step_reference",
            "cosine_alpha_bar_reference", "to_x0_reference"]
-
-
-def _not_attempted(name: str) -> None:
-    print(f"{name}: not attempted yet (the function still raises NotImplementedError)")
-
-
-def _call(fn: Callable, name: str, *args, **kwargs):
-    """Run the learner's function; (True, result), or (False, None) when it is still a stub."""
-    try:
-        return True, fn(*args, **kwargs)
-    except NotImplementedError:
-        _not_attempted(name)
-        return False, None
-    except CheckFailed:
-        raise
-    except Exception as err:  # the learner's code crashed: say where, keep the original error attached
-        raise CheckFailed(f"{name}: your function raised {type(err).__name__}: {err}") from err
 
 
 def _matches(got, candidate, atol=1e-6, rtol=1e-5) -> bool:

@@ -13,22 +13,9 @@ from ..data.mixtures import GaussianMixture
 from ..elbo import prior_kl
 from ..langevin import langevin_update
 from ..schedules import Schedule
-from ._check import CheckFailed, check_close
+from ._check import CheckFailed, attempt, check_close
 
 __all__ = ["check_prior_kl", "check_tweedie", "check_langevin_update"]
-
-
-def _attempt(name: str, fn, *args):
-    """Call the learner's function; (True, result) or (False, None) when it is not written yet."""
-    try:
-        return True, fn(*args)
-    except NotImplementedError:
-        print(f"{name}: not attempted yet (the function still raises NotImplementedError)")
-        return False, None
-    except CheckFailed:
-        raise
-    except Exception as err:  # the learner's code crashed: say so as a failed check
-        raise CheckFailed(f"{name}: your function raised {type(err).__name__}: {err}") from err
 
 
 def check_prior_kl(fn) -> str | None:
@@ -39,7 +26,7 @@ def check_prior_kl(fn) -> str | None:
              ("a short schedule, T = 5", Schedule.get("linear", 5)),
              ("a noisy end point, bar alpha_T = 0.3", Schedule.from_alpha_bar([0.6, 0.3]))]
     for label, sched in cases:
-        ok, got = _attempt("prior_kl", fn, float(sched.alpha_bar[-1]), x0.clone())
+        ok, got = attempt(fn, "prior_kl", float(sched.alpha_bar[-1]), x0.clone())
         if not ok:
             return None
         check_close(f"prior_kl ({label})", got, prior_kl(sched, x0), atol=1e-9, rtol=1e-6,
@@ -61,7 +48,7 @@ def check_tweedie(fn) -> str | None:
     for a in (0.98, 0.5, 0.05):
         x_t = gm.diffused(a).sample(8, g)
         score = gm.diffused(a).score(x_t)
-        ok, got = _attempt("tweedie", fn, x_t.clone(), a, score.clone())
+        ok, got = attempt(fn, "tweedie", x_t.clone(), a, score.clone())
         if not ok:
             return None
         check_close(f"tweedie (alpha_bar = {a})", got, gm.posterior_mean_x0(x_t, a), atol=1e-8, rtol=1e-6,
@@ -76,7 +63,7 @@ def check_langevin_update(fn) -> str | None:
     g = torch.Generator().manual_seed(2)
     for h in (0.1, 0.01, 2.5):
         x, s, z = (torch.randn(5, 2, generator=g, dtype=torch.float64) for _ in range(3))
-        ok, got = _attempt("langevin_update", fn, x.clone(), s.clone(), h, z.clone())
+        ok, got = attempt(fn, "langevin_update", x.clone(), s.clone(), h, z.clone())
         if not ok:
             return None
         check_close(f"langevin_update (step size {h})", got, langevin_update(x, s, h, z), atol=1e-10,

@@ -13,29 +13,13 @@ from typing import Callable
 import torch
 
 from ._check import CheckFailed, check_close
+from ._check import attempt as _call
 
 Tensor = torch.Tensor
 
 __all__ = ["check_cfg_eps", "check_classifier_guidance_eps", "check_cumulative_rate", "check_posterior_std",
            "cfg_eps_reference", "classifier_guidance_eps_reference", "cumulative_rate_reference",
            "posterior_std_reference"]
-
-
-def _not_attempted(name: str) -> None:
-    print(f"{name}: not attempted yet (the function still raises NotImplementedError)")
-
-
-def _call(fn: Callable, name: str, *args):
-    """Run the learner's function; (True, result), or (False, None) when it is still a stub."""
-    try:
-        return True, fn(*args)
-    except NotImplementedError:
-        _not_attempted(name)
-        return False, None
-    except CheckFailed:
-        raise
-    except Exception as err:  # the learner's code crashed: say where, keep the original error attached
-        raise CheckFailed(f"{name}: your function raised {type(err).__name__}: {err}") from err
 
 
 def _matches(got, candidate, atol=1e-6, rtol=1e-5) -> bool:
