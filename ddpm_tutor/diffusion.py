@@ -137,7 +137,9 @@ def reverse_variance(sched: Schedule, t: Tensor, x: Tensor, var_type: VarType) -
     """sigma_t^2 of p(x_{t-1} | x_t) and its log: beta_tilde ("fixed_small") or beta ("fixed_large").
 
     Ho et al. 2020, sec. 3.2. "fixed_large" uses beta_tilde at the first step, as the paper's code does,
-    so that L_0's decoder has a sensible width. Returns two (B, 1, ..., 1) tensors.
+    so that L_0's decoder has a sensible width. For "fixed_small" at the first step the variance is
+    beta_tilde_1 = 0 (the sampler adds no noise there) while the log is clipped to log beta_tilde_2 (what the
+    decoder and the KL terms use), again as in the paper's code. Returns two (B, 1, ..., 1) tensors.
     """
     if var_type == "fixed_small":
         return sched.at("beta_tilde", t, x), sched.at("log_beta_tilde_clipped", t, x)
