@@ -155,10 +155,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise ValueError(f"shapes do not match: mu {mu1.shape} {mu2.shape}, sigma {s1.shape} {s2.shape}")
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        ridge = np.eye(s1.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((s1 + ridge) @ (s2 + ridge))
+    import warnings
+    with warnings.catch_warnings():  # singular products (few samples, or identical sets) are expected here
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s1 @ s2)
+        if not np.isfinite(covmean).all():
+            ridge = np.eye(s1.shape[0]) * 1e-6
+            covmean = linalg.sqrtm((s1 + ridge) @ (s2 + ridge))
     covmean = np.real(covmean)
     diff = mu1 - mu2
     return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean), 0.0))

@@ -164,8 +164,8 @@ def bits_per_dim(model, sched: Schedule, x0: Tensor, *, parameterization: Parame
                  generator: torch.Generator | None = None, model_kwargs: dict | None = None) -> dict[str, Tensor]:
     """The negative variational bound -ELBO of x0 in bits per dimension (Ho et al. 2020, eq. 5, Table 2).
 
-    ``n_terms=None`` sums all T terms exactly (one forward pass each); an integer k estimates the sum
-    of the T terms L_0..L_{T-1} by k uniformly drawn steps times T/k (unbiased Monte Carlo).
+    ``n_terms=None`` sums all T terms exactly (one forward pass each); an integer k computes L_0 exactly
+    and estimates the sum of the other T-1 terms by k-1 uniformly drawn steps times (T-1)/(k-1) (unbiased).
     x0: data on 256 levels in [-1, 1], (B, ...). Returns dict with total (B,), prior (B,), terms (B, T)
     (NaN where a term was not drawn) and n_terms.
     """
@@ -174,9 +174,13 @@ def bits_per_dim(model, sched: Schedule, x0: Tensor, *, parameterization: Parame
     if n_terms is None:
         ts = torch.arange(T)
     else:
-        if not isinstance(n_terms, int) or not 1 <= n_terms <= T:
-            raise ValueError(f"n_terms must be None (all {T} terms) or an integer in 1..{T}, got {n_terms!r}")
-        ts = torch.randperm(T, generator=generator)[:n_terms].sort().values
+        low = min(2, T)  # L_0 plus at least one drawn term
+        if isinstance(n_terms, bool) or not isinstance(n_terms, int) or not low <= n_terms <= T:
+            raise ValueError(f"n_terms must be None (all {T} terms) or an integer in {low}..{T}, got {n_terms!r}")
+        # L_0 (the decoder) is by far the largest term and is always computed; the other k-1 are drawn
+        # uniformly from the remaining T-1 steps and scaled by (T-1)/(k-1) below
+        rest = 1 + torch.randperm(T - 1, generator=generator)[: n_terms - 1]
+        ts = torch.cat([torch.zeros(1, dtype=torch.long), rest]).sort().values
     terms = torch.full((B, T), float("nan"), dtype=torch.float64)
     for step in ts.tolist():
         t = torch.full((B,), step, dtype=torch.long, device=x0.device)
@@ -185,6 +189,9 @@ def bits_per_dim(model, sched: Schedule, x0: Tensor, *, parameterization: Parame
         terms[:, step] = vlb_term_bpd(model, sched, x0, x_t, t, parameterization=parameterization,
                                       var_type=var_type, clip_x0=clip_x0, model_kwargs=model_kwargs)["bpd"].double().cpu()
     prior = prior_bpd(sched, x0).double().cpu()
-    drawn = terms[:, ts]
-    total = prior + drawn.sum(dim=1) * (T / len(ts))
+    if len(ts) == T:
+        total = prior + terms.sum(dim=1)
+    else:
+        others = terms[:, ts[1:]].sum(dim=1) * ((T - 1) / max(1, len(ts) - 1)) if len(ts) > 1 else 0.0
+        total = prior + terms[:, 0] + others
     return {"total": total, "prior": prior, "terms": terms, "n_terms": len(ts)}
