@@ -14,24 +14,12 @@ from typing import Callable
 import torch
 
 from ._check import CheckFailed, check_close
+from ._check import attempt as _call
 
 Tensor = torch.Tensor
 
 __all__ = ["check_resblock_params", "check_ddim_step", "check_prior_bpd", "check_guided_eps",
            "resblock_params_reference", "ddim_step_reference", "prior_bpd_reference", "guided_eps_reference"]
-
-
-def _call(fn: Callable, name: str, *args):
-    """(True, result), or (False, None) when the learner's function is still a stub."""
-    try:
-        return True, fn(*args)
-    except NotImplementedError:
-        print(f"{name}: not attempted yet (the function still raises NotImplementedError)")
-        return False, None
-    except CheckFailed:
-        raise
-    except Exception as err:  # the learner's code crashed: say so, keep the original error attached
-        raise CheckFailed(f"{name}: your function raised {type(err).__name__}: {err}") from err
 
 
 # --- chapter 1: parameters of a residual block ----------------------------------------------------------
