@@ -49,3 +49,25 @@ def attempt(fn: Callable, name: str, *args, **kwargs):
         raise
     except Exception as err:  # the learner's code crashed: say so, keep the original error attached
         raise CheckFailed(f"{name}: your function raised {type(err).__name__}: {err}") from err
+
+
+def matches(got, candidate, atol=1e-6, rtol=1e-5) -> bool:
+    """Whether ``got`` is finite and close to ``candidate`` (used to recognise known mistakes)."""
+    try:
+        got = torch.as_tensor(got).double()
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    candidate = torch.as_tensor(candidate).double()
+    return got.shape == candidate.shape and bool(torch.isfinite(got).all()) and \
+        bool(torch.allclose(got, candidate, atol=atol, rtol=rtol))
+
+
+def diagnose(name: str, got, expected, mistakes: dict, hint: str, atol: float = 1e-6, rtol: float = 1e-5) -> str:
+    """check_close, but if the answer is wrong and matches a known mistake, say which one."""
+    try:
+        return check_close(name, got, expected, atol=atol, rtol=rtol, hint=hint)
+    except CheckFailed as err:
+        for why, candidate in mistakes.items():
+            if matches(got, candidate, atol=atol, rtol=rtol):
+                raise CheckFailed(f"{err} It looks like {why}.") from None
+        raise

@@ -18,32 +18,13 @@ from ..samplers import ddim_step
 from ..schedules import Schedule
 from ._check import CheckFailed, check_close
 from ._check import attempt as _call
+from ._check import diagnose as _diagnose
+from ._check import matches as _matches
 
 Tensor = torch.Tensor
 
 __all__ = ["check_to_x0", "check_cosine_alpha_bar", "check_ddim_step", "ddim_step_reference",
            "cosine_alpha_bar_reference", "to_x0_reference"]
-
-
-def _matches(got, candidate, atol=1e-6, rtol=1e-5) -> bool:
-    try:
-        got = torch.as_tensor(got).double()
-    except (TypeError, ValueError, RuntimeError):
-        return False
-    candidate = torch.as_tensor(candidate).double()
-    return got.shape == candidate.shape and bool(torch.isfinite(got).all()) and \
-        bool(torch.allclose(got, candidate, atol=atol, rtol=rtol))
-
-
-def _diagnose(name: str, got, expected, mistakes: dict[str, Tensor], hint: str, atol: float, rtol: float) -> str:
-    """check_close, but if the answer is wrong and matches a known mistake, say which one."""
-    try:
-        return check_close(name, got, expected, atol=atol, rtol=rtol, hint=hint)
-    except CheckFailed as err:
-        for why, candidate in mistakes.items():
-            if _matches(got, candidate, atol=atol, rtol=rtol):
-                raise CheckFailed(f"{err} It looks like {why}.") from None
-        raise
 
 
 # --- chapter 5: parameterisation ------------------------------------------------------------------

@@ -14,32 +14,14 @@ import torch
 
 from ._check import CheckFailed, check_close
 from ._check import attempt as _call
+from ._check import diagnose as _diagnose
+from ._check import matches as _matches
 
 Tensor = torch.Tensor
 
 __all__ = ["check_cfg_eps", "check_classifier_guidance_eps", "check_cumulative_rate", "check_posterior_std",
            "cfg_eps_reference", "classifier_guidance_eps_reference", "cumulative_rate_reference",
            "posterior_std_reference"]
-
-
-def _matches(got, candidate, atol=1e-6, rtol=1e-5) -> bool:
-    try:
-        got = torch.as_tensor(got).double()
-    except (TypeError, ValueError, RuntimeError):
-        return False
-    candidate = torch.as_tensor(candidate).double()
-    return got.shape == candidate.shape and bool(torch.isfinite(got).all()) and \
-        bool(torch.allclose(got, candidate, atol=atol, rtol=rtol))
-
-
-def _diagnose(name: str, got, expected, mistakes: dict, hint: str, atol: float = 1e-6, rtol: float = 1e-5) -> str:
-    try:
-        return check_close(name, got, expected, atol=atol, rtol=rtol, hint=hint)
-    except CheckFailed as err:
-        for why, candidate in mistakes.items():
-            if _matches(got, candidate, atol=atol, rtol=rtol):
-                raise CheckFailed(f"{err} It looks like {why}.") from None
-        raise
 
 
 def _quiet(fn, *args):
