@@ -44,8 +44,9 @@ def _mnist_setup(args):
 TRAIN_DEFAULTS = {  # per data kind: the settings a plain `train` uses (each can be overridden by a flag)
     "toy2d": dict(steps=6000, batch_size=512, lr=3e-3, warmup=100, ema_decay=0.995, cosine_decay=True),
     # MNIST: the recipe of the shipped checkpoint ddpm_tutor/checkpoints/mnist_unet.pt (see its model card):
-    # a short CPU run wants a high learning rate, a short EMA window and a cosine decay to zero.
-    "mnist": dict(steps=600, batch_size=32, lr=2e-3, warmup=50, ema_decay=0.995, cosine_decay=True),
+    # a short CPU run wants many small batches, a high learning rate, a short EMA window, a cosine decay to
+    # zero and bf16 autocast where the hardware has it (about 15 CPU-minutes on one core of an AVX512 CPU).
+    "mnist": dict(steps=2500, batch_size=32, lr=2e-3, warmup=50, ema_decay=0.995, cosine_decay=True, amp="auto"),
 }
 
 
@@ -54,7 +55,7 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, Trainer
     torch.manual_seed(args.seed)
     data, labels, model, spec, augment = (_toy_setup if args.kind == "toy2d" else _mnist_setup)(args)
-    over = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "ema_decay", "warmup")
+    over = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "ema_decay", "warmup", "amp")
             if getattr(args, k, None) is not None}
     cfg = TrainConfig(**{**TRAIN_DEFAULTS[args.kind], **over, "seed": args.seed,
                          "p_uncond": 0.1 if labels is not None else 0.0})
@@ -70,7 +71,7 @@ def cmd_train(args) -> int:
         print(f"resumed {ckpt} at step {trainer.step}")
     n_params = sum(p.numel() for p in model.parameters())
     print(f"training {spec['kind']} ({n_params:,} parameters) on {args.kind} for {cfg.steps} steps "
-          f"on {trainer.device}; checkpoint: {ckpt}")
+          f"on {trainer.device}{' with bf16 autocast' if trainer.autocast else ''}; checkpoint: {ckpt}")
     t0 = time.perf_counter()
     trainer.run(progress=not args.quiet, checkpoint=ckpt, checkpoint_every=args.checkpoint_every)
     print(f"done in {time.perf_counter() - t0:.1f} s; final loss (mean of last 100 steps) "
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="toy2d: points in the training set (default 50,000); mnist: use only the first N digits")
     t.add_argument("--ema-decay", dest="ema_decay", type=float, help="EMA decay of the weights")
     t.add_argument("--warmup", type=int, help="steps of learning-rate warmup")
+    t.add_argument("--amp", choices=["off", "bf16", "auto"], help="bfloat16 autocast of the forward pass")
     t.add_argument("--hidden", type=int, default=128, help="toy2d: MLP width")
     t.add_argument("--conditional", action="store_true", help="mnist: class-conditional with label dropout")
     t.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=1000)

