@@ -131,9 +131,11 @@ def evaluate(out: Path, n: int, steps_list: list[int], seed: int) -> None:
 
     print(f"\nunconditional samples, n = {n} each, DDIM eta 0 with clip x0, same x_T; "
           f"classifier {clf.__class__.__name__}; reference: the {len(x_test)} offline test digits")
-    real = sample_quality(clf, x_test[:n], reference=x_test)
-    print(f"real test digits (n = {min(n, len(x_test))}): confidence {real['confidence']:.3f}, "
-          f"balance {real['balance']:.3f}, Frechet {real['frechet']:.2f} (floor at this n)")
+    x_train, _ = load_mnist(train=True)
+    real = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:n]]
+    q = sample_quality(clf, real, reference=x_test)
+    print(f"real training digits (n = {len(real)}): confidence {q['confidence']:.3f}, "
+          f"balance {q['balance']:.3f}, Frechet {q['frechet']:.2f} (the floor at this n)")
     print(f"| model | training CPU-min | DDIM steps | confidence | balance | Frechet |")
     print(f"|---|---|---|---|---|---|")
     for steps in steps_list:
