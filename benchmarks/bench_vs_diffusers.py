@@ -112,13 +112,26 @@ def evaluate(out: Path, n: int, steps_list: list[int], seed: int) -> None:
     times = json.loads((out / "times.json").read_text()) if (out / "times.json").exists() else {}
 
     models = {}
-    if (out / "ours" / "checkpoint.pt").exists():
-        ours, ours_sched, state = load_model(out / "ours" / "checkpoint.pt", device="cpu")
-        if not torch.equal(ours_sched.beta, sched.beta):
-            raise SystemExit("our run was not trained under the linear T=1000 schedule the baseline uses")
-        null = ours.config.num_classes
-        models[f"ours ({state['step']} steps, batch {state['train_config']['batch_size']})"] = (
-            lambda x, t: ours(x, t, torch.full((x.shape[0],), null)), times.get("ours", {}).get("cpu_s"))
+    for leg in ("ours", "ours_uncond"):
+        if not (out / leg / "checkpoint.pt").exists():
+            continue
+        net, net_sched, state = load_model(out / leg / "checkpoint.pt", device="cpu")
+        if not torch.equal(net_sched.beta, sched.beta):
+            raise SystemExit(f"{leg} was not trained under the linear T=1000 schedule the baseline uses")
+        name = f"{leg} ({state['step']} steps, batch {state['train_config']['batch_size']})"
+        cpu_s = times.get(leg, {}).get("cpu_s")
+        k = net.config.num_classes
+        if k is None:
+            models[name] = (net, cpu_s)
+            continue
+        # a class-conditional model sampled without a class: the null label (what guidance calls the
+        # unconditional model, trained on a tenth of the batches) ...
+        models[name + ", null label"] = ((lambda m, k: lambda x, t: m(x, t, torch.full((x.shape[0],), k)))(net, k),
+                                         cpu_s)
+        # ... or y ~ uniform over the classes, then x ~ p(x | y): exactly a sample of p(x) when classes are
+        # balanced (they are: 450 per class). It uses the labels the baseline never sees; reported apart.
+        y = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(seed + 1))
+        models[name + ", y ~ U{0..9}"] = ((lambda m, y: lambda x, t: m(x, t, y[: x.shape[0]]))(net, y), cpu_s)
     for step in BASELINE["eval_at"]:
         path = out / f"diffusers_{step}.pt"
         if not path.exists():
@@ -150,7 +163,7 @@ def evaluate(out: Path, n: int, steps_list: list[int], seed: int) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["ours", "diffusers", "evaluate"], default=None)
+    p.add_argument("--only", choices=["ours", "ours_uncond", "diffusers", "evaluate"], default=None)
     p.add_argument("--out", default="runs/bench_vs_diffusers")
     p.add_argument("--n", type=int, default=500, help="samples per model and setting")
     p.add_argument("--ddim-steps", dest="ddim_steps", default="20,50", help="comma-separated")
@@ -172,6 +185,11 @@ def main(argv=None) -> int:
             raise SystemExit(f"{out / 'ours'} exists: remove it to train our leg again")
         legs["ours"] = [sys.executable, "-m", "ddpm_tutor", "train", "mnist", "--conditional", "--quiet",
                         "--out", str(out / "ours"), "--seed", str(args.seed), "--device", "cpu"]
+    if args.only == "ours_uncond":  # the same recipe without labels (a like-for-like unconditional model)
+        if (out / "ours_uncond").exists():
+            raise SystemExit(f"{out / 'ours_uncond'} exists: remove it to train this leg again")
+        legs["ours_uncond"] = [sys.executable, "-m", "ddpm_tutor", "train", "mnist", "--quiet",
+                               "--out", str(out / "ours_uncond"), "--seed", str(args.seed), "--device", "cpu"]
     if args.only in (None, "diffusers"):
         legs["diffusers"] = [sys.executable, __file__, "--out", str(out), "--seed", str(args.seed),
                              "--_leg", "diffusers"]

@@ -62,3 +62,15 @@ def test_cli_train_mnist_two_steps(tmp_path):
     state = load_checkpoint(tmp_path / "m" / "checkpoint.pt")
     assert state["step"] == 2 and state["train_config"]["p_uncond"] == 0.1
     assert state["model_spec"]["kind"] == "unet" and state["model_spec"]["data"]["n_train"] == 64
+
+
+def test_shipped_mnist_model_is_the_recipe_its_card_names():
+    """The shipped file was made by `train mnist --conditional` with TRAIN_DEFAULTS["mnist"], ran all of its
+    steps, and its model card states that step count."""
+    from ddpm_tutor.cli import TRAIN_DEFAULTS
+    _, _, meta = load_pretrained("mnist", device="cpu")
+    recipe = TRAIN_DEFAULTS["mnist"]
+    assert {k: meta["train_config"][k] for k in recipe} == recipe
+    assert meta["train_config"]["p_uncond"] == 0.1 and meta["step"] == recipe["steps"] == len(meta["losses"])
+    card = (CHECKPOINT_DIR / "mnist_unet.md").read_text()
+    assert f"{meta['step']:,} steps" in card
