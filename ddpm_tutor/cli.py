@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .budget import default_device
+from .train import AMP_MODES
 
 
 def _toy_setup(args):
@@ -169,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="toy2d: points in the training set (default 50,000); mnist: use only the first N digits")
     t.add_argument("--ema-decay", dest="ema_decay", type=float, help="EMA decay of the weights")
     t.add_argument("--warmup", type=int, help="steps of learning-rate warmup")
-    t.add_argument("--amp", choices=["off", "bf16", "auto"], help="bfloat16 autocast of the forward pass")
+    t.add_argument("--amp", choices=AMP_MODES, help="bfloat16 autocast of the forward pass")
     t.add_argument("--hidden", type=int, default=128, help="toy2d: MLP width")
     t.add_argument("--conditional", action="store_true", help="mnist: class-conditional with label dropout")
     t.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=1000)
