@@ -66,7 +66,7 @@ def main() -> int:
     executed = sum(s for _, s in chapters)
     print(f"{'all ' + str(len(chapters)) + ' chapters':<{width}}  {executed:13.1f}")
     print(f"\nbuild {'succeeded' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}: "
-          f"wall {wall / 60:.0f} min {wall % 60:02.0f} s ({wall:.0f} s; of it {wall - executed:.0f} s not in "
+          f"wall {int(wall // 60)} min {int(wall % 60):02d} s ({wall:.0f} s; of it {wall - executed:.0f} s not in "
           f"chapter execution); log in {log_path.relative_to(ROOT)}")
     print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     return proc.returncode
