@@ -9,7 +9,8 @@
 //   - no request leaves 127.0.0.1 (all others are blocked and recorded: any one fails the page), no local
 //     file is missing, and no <script src> / stylesheet points off-site;
 //   - MathJax (served by the site itself) typeset every piece of math, with no TeX error;
-//   - every player (matplotlib to_jshtml, `.animation`) advances its frame when "Next frame" is clicked;
+//   - every player (matplotlib to_jshtml, `.animation`) advances its frame when "Next frame" is clicked, and
+//     every chapter of Parts I and II has at least one;
 //   - a page built from a notebook has a Colab launch link to exactly
 //     https://colab.research.google.com/github/<owner>/<repo>/blob/<branch>/<the page's .ipynb path>;
 //   - there is no console error and no uncaught exception;
@@ -222,6 +223,8 @@ async function checkPage(context, base, rel, opts, repo) {
     }
   }
   if (nPlayers) notes.push(`${nPlayers} player(s)`);
+  // Every chapter of Parts I and II scrubs through t with at least one player (DESIGN: players carry their frames).
+  if (/^book\/part[12]\/\d\d_[^/]+\.html$/.test(rel) && nPlayers === 0) problems.push("chapter of Part I/II without a player");
 
   // Launch button: pages built from notebooks open in Colab from the book's home.
   const colab = await page.evaluate(() =>
