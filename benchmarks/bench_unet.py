@@ -108,10 +108,11 @@ def main(argv=None) -> None:
             if i >= args.warmup:
                 times[name].append(sec)
     print(f"\nMNIST preset, batch {args.batch}, {args.steps} timed steps each (AdamW, L_simple), median:")
-    print(f"{'model':<24}{'s/step':>10}{'steps/s':>10}{'images/s':>10}")
+    width = max(len(name) for name in times) + 2
+    print(f"{'model':<{width}}{'s/step':>10}{'steps/s':>10}{'images/s':>10}")
     for name, ts in times.items():
         sec = statistics.median(ts)
-        print(f"{name:<24}{sec:>10.3f}{1 / sec:>10.2f}{args.batch / sec:>10.0f}")
+        print(f"{name:<{width}}{sec:>10.3f}{1 / sec:>10.2f}{args.batch / sec:>10.0f}")
 
 if __name__ == "__main__":
     main()
