@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--budget", default="book", choices=["ci", "book", "full"],
                         help="DDPM_TUTOR_BUDGET for the chapters (default: book, what readers build)")
     parser.add_argument("--out", default="runs/bench_book_build",
-                        help="output folder, emptied first (default: runs/bench_book_build)")
+                        help="output folder, emptied first: a new one or an earlier --out (default: runs/bench_book_build)")
     args = parser.parse_args()
 
     jb = Path(sys.executable).with_name("jupyter-book")
@@ -40,8 +40,10 @@ def main() -> int:
     if not (ROOT / "_assets/mathjax/tex-chtml-full.js").exists():
         sys.exit("no _assets/mathjax: run `make mathjax` first (the book serves its own MathJax)")
     out = (ROOT / args.out).resolve()
-    if out == ROOT or ROOT.is_relative_to(out):
-        sys.exit(f"--out must be a folder inside the project, got {out}")
+    # the folder is emptied first: only one that is new, empty or made by this benchmark (it has build.log)
+    if ROOT.is_relative_to(out) or (out.is_dir() and any(out.iterdir()) and not (out / "build.log").exists()):
+        sys.exit(f"--out {out} is the project, contains it, or holds files this benchmark did not write; "
+                 "expected a new folder or an earlier --out of this benchmark")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     log_path = out / "build.log"
