@@ -15,7 +15,9 @@ import time
 
 import torch
 
+from ddpm_tutor.cli import TRAIN_DEFAULTS
 from ddpm_tutor.data import toy2d
+from ddpm_tutor.diffusion import EpsPredictor
 from ddpm_tutor.metrics import compare_to_data
 from ddpm_tutor.models import MLPDenoiser
 from ddpm_tutor.samplers import ddim_sample, ddim_timesteps, ddpm_sample
@@ -37,18 +39,22 @@ def train_to_floor(args) -> list[tuple]:
     data = toy2d("moons", 50_000, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = MLPDenoiser()
-    cfg = TrainConfig(steps=args.max_steps, batch_size=512, lr=3e-3, warmup=100, ema_decay=0.995, cosine_decay=True)
+    cfg = TrainConfig(**{**TRAIN_DEFAULTS["toy2d"], "steps": args.max_steps})  # the CLI's recipe, longer
     trainer = Trainer(model, sched, data, cfg, device="cpu")
     rows, train_time = [], 0.0
     for target in args.eval_at:
         t0 = time.perf_counter()
         trainer.run(target, progress=False)
         train_time += time.perf_counter() - t0
-        x = ddpm_sample(trainer.ema_model.eval(), sched, (args.n, 2), generator=torch.Generator().manual_seed(1))
-        r = compare_to_data(x, draw)
+        net = EpsPredictor(trainer.ema_model, sched, cfg.parameterization).eval()
+        x = ddpm_sample(net, sched, (args.n, 2), generator=torch.Generator().manual_seed(1))
+        r = compare_to_data(x, draw, references=5)
+        x = ddim_sample(net, sched, (args.n, 2), steps=50, generator=torch.Generator().manual_seed(1))
+        r_ddim = compare_to_data(x, draw, references=5)
         rows.append((target, train_time, r["sw_ratio"], r["ed_ratio"]))
-        print(f"  step {target:>6}: train {train_time:6.1f} s  SW/floor {r['sw_ratio']:.2f}  "
-              f"energy/floor {r['ed_ratio']:.2f}", flush=True)
+        print(f"  step {target:>6}: train {train_time:6.1f} s  DDPM: SW/floor {r['sw_ratio']:.2f}  "
+              f"energy/floor {r['ed_ratio']:.2f}; DDIM-50: SW/floor {r_ddim['sw_ratio']:.2f}  "
+              f"energy/floor {r_ddim['ed_ratio']:.2f} (5 data draws)", flush=True)
         if r["sw_ratio"] <= 1.5:
             break
     return rows
@@ -89,7 +95,7 @@ def main():
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
     print(f"machine: {machine()}")
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
-    print("training to 1.5x the noise floor (two moons, MLP 125k params, batch 512, AdamW 3e-3 cosine, EMA 0.995):")
+    print(f"training to 1.5x the noise floor (two moons, MLP 125k params, recipe {TRAIN_DEFAULTS['toy2d']}):")
     rows = train_to_floor(args)
     reached = [r for r in rows if r[2] <= 1.5]
     print("| result | value |\n|---|---|")

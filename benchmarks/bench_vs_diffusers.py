@@ -1,22 +1,27 @@
-"""Sample quality per CPU-minute: our MNIST recipe against a plain diffusers UNet2DModel baseline.
+"""Sample quality per CPU-minute: our MNIST recipe against a diffusers UNet2DModel trained as its users do.
 
 Two trainings run side by side, each in its own process with one thread (one core each on a 2-core CPU):
 
 * ours: the package's own command, ``python -m ddpm_tutor train mnist --conditional`` (the recipe of the
   shipped checkpoint, ``TRAIN_DEFAULTS["mnist"]`` in ddpm_tutor/cli.py);
 * baseline: diffusers' ``UNet2DModel`` (block_out_channels (32, 64, 64), one layer per block, attention
-  at 7x7, about 1.1M parameters) trained the textbook way: ``DDPMScheduler.add_noise``, MSE on the noise,
-  AdamW lr 1e-3, batch 64, 3,000 steps, no EMA.
+  at 7x7, about 1.1M parameters) trained as diffusers' own unconditional example does: ``DDPMScheduler
+  .add_noise``, MSE on the noise, gradient clipping at 1.0, an ``EMAModel`` of the weights (warm-up power
+  3/4, at most 0.9999), AdamW lr 1e-3, batch 64, 3,000 steps. Raw and EMA weights are both saved and judged.
 
-Both see the same offline digits (``load_mnist(train=True)``). Then both are sampled identically:
-unconditional (ours with the null label), the package's DDIM sampler (eta = 0, clip x0) with the same
-x_T and the same number of steps, the same number of samples, and judged by the package's digit
-classifier (mean confidence, class balance, Frechet distance of its features to the 500 test digits).
+Both see the same offline digits (``load_mnist(train=True)``). Then every model is sampled identically with
+each of DDIM-20, DDIM-50 (eta = 0) and ancestral DDPM-1000, all clipping x0 to [-1, 1], the same x_T, and
+judged on independent axes (``ddpm_tutor.quality``): Frechet distance in the digit classifier's features
+and in a random conv net's features, background and half-tone pixel fractions, classifier confidence and
+class balance, the label accuracy for class-conditional samples, and bits/dim of test digits. Each axis
+has the real-digit value at the same n beside it. Sample grids are saved in --out/grids; numbers in
+--out/results.json. A class-conditional model of ours is sampled with labels drawn uniformly (a sample of
+p(x), since the digits are balanced); it uses labels the baseline never sees, which the table says.
 CPU minutes are the training process's user + system time, start-up and data loading included.
 
     python benchmarks/bench_vs_diffusers.py                     # both trainings, then the comparison
     python benchmarks/bench_vs_diffusers.py --only diffusers    # one leg (e.g. to rerun it)
-    python benchmarks/bench_vs_diffusers.py --only evaluate     # compare the two saved runs again
+    python benchmarks/bench_vs_diffusers.py --only evaluate     # compare the saved runs again
 
 Prints tables; never pass/fail. Runs go to --out (default runs/bench_vs_diffusers).
 """
@@ -36,7 +41,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-BASELINE = dict(steps=3000, batch_size=64, lr=1e-3, eval_at=(1000, 2000, 3000))
+BASELINE = dict(steps=3000, batch_size=64, lr=1e-3, grad_clip=1.0, ema_max_decay=0.9999, ema_power=0.75,
+                eval_at=(1000, 2000, 3000))
 
 
 def diffusers_baseline_model():
@@ -47,14 +53,22 @@ def diffusers_baseline_model():
 
 
 def train_diffusers(out: Path, seed: int) -> None:
-    """The baseline leg: a plain diffusers training loop, saving the weights at each of eval_at."""
+    """The baseline leg: a diffusers training loop as its users run it, saving raw and EMA weights at eval_at.
+
+    As diffusers' own example (examples/unconditional_image_generation/train_unconditional.py): EMAModel with
+    warm-up (decay 1 - (1 + step)^-3/4, capped at 0.9999) and gradient clipping at norm 1.0. The learning
+    rate (AdamW 1e-3, constant) is higher than the example's 1e-4, which is meant for much longer runs.
+    """
     from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
 
     from ddpm_tutor.checkpoint import save_checkpoint
     from ddpm_tutor.data.images import load_mnist
     x, _ = load_mnist(train=True)
     torch.manual_seed(seed)
     model = diffusers_baseline_model().train()
+    ema = EMAModel(model.parameters(), decay=BASELINE["ema_max_decay"], use_ema_warmup=True,
+                   inv_gamma=1.0, power=BASELINE["ema_power"])
     scheduler = DDPMScheduler(num_train_timesteps=1000)  # linear 1e-4 .. 0.02, the paper's schedule
     opt = torch.optim.AdamW(model.parameters(), lr=BASELINE["lr"])
     g = torch.Generator().manual_seed(seed)
@@ -66,11 +80,16 @@ def train_diffusers(out: Path, seed: int) -> None:
         loss = F.mse_loss(model(scheduler.add_noise(x0, noise, t), t).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), BASELINE["grad_clip"])
         opt.step()
+        ema.step(model.parameters())
         losses.append(loss.item())
         if step in BASELINE["eval_at"]:
             r = resource.getrusage(resource.RUSAGE_SELF)
-            save_checkpoint({"state_dict": model.state_dict(), "step": step, "losses": losses,
+            ema_model = diffusers_baseline_model()
+            ema.copy_to(ema_model.parameters())
+            save_checkpoint({"state_dict": model.state_dict(), "ema_state_dict": ema_model.state_dict(),
+                             "ema_decay": ema.get_decay(ema.optimization_step), "step": step, "losses": losses,
                              "cpu_s": r.ru_utime + r.ru_stime}, out / f"diffusers_{step}.pt")
             print(f"diffusers step {step}: loss(last 100) {sum(losses[-100:]) / 100:.4f}, "
                   f"cpu {(r.ru_utime + r.ru_stime) / 60:.1f} min", flush=True)
@@ -97,76 +116,190 @@ def timed_legs(legs: dict[str, list[str]], out: Path) -> dict[str, dict]:
     return result
 
 
-@torch.no_grad()
-def evaluate(out: Path, n: int, steps_list: list[int], seed: int) -> None:
+def load_models(out: Path, n: int, seed: int, only: str | None = None) -> dict:
+    """name -> (model(x, t) -> eps_hat, training CPU seconds, labels or None, bpd_fn) for every saved run.
+
+    A class-conditional model of ours is sampled with labels drawn uniformly from 0..9 (exactly a sample of
+    p(x) when classes are balanced, as the training digits are: 450 per class); it uses labels the baseline
+    never sees, which the table says. bpd_fn(x, labels) is the model for the likelihood of test digits.
+    """
     from ddpm_tutor.checkpoint import load_checkpoint
-    from ddpm_tutor.classifier import load_digit_classifier, sample_quality
-    from ddpm_tutor.data.images import load_mnist
-    from ddpm_tutor.samplers import ddim_sample
-    from ddpm_tutor.schedules import Schedule
     from ddpm_tutor.train import load_model
-
-    clf = load_digit_classifier()
-    x_test, _ = load_mnist(train=False)
-    sched = Schedule.linear(1000)
-    times = json.loads((out / "times.json").read_text()) if (out / "times.json").exists() else {}
-
+    times = {p.stem[len("time_"):]: json.loads(p.read_text()) for p in out.glob("time_*.json")}
     models = {}
-    for leg in ("ours", "ours_uncond"):
+    # ours_eps: our recipe with --parameterization eps (the ablation that found the cause of grainy DDIM digits)
+    for leg in ("ours", "ours_eps", "ours_uncond"):
         if not (out / leg / "checkpoint.pt").exists():
             continue
-        net, net_sched, state = load_model(out / leg / "checkpoint.pt", device="cpu")
-        if not torch.equal(net_sched.beta, sched.beta):
-            raise SystemExit(f"{leg} was not trained under the linear T=1000 schedule the baseline uses")
+        net, sched, state = load_model(out / leg / "checkpoint.pt", device="cpu")
         name = f"{leg} ({state['step']} steps, batch {state['train_config']['batch_size']})"
         cpu_s = times.get(leg, {}).get("cpu_s")
-        k = net.config.num_classes
-        if k is None:
-            models[name] = (net, cpu_s)
-            continue
-        # a class-conditional model sampled without a class: the null label (what guidance calls the
-        # unconditional model, trained on a tenth of the batches) ...
-        models[name + ", null label"] = ((lambda m, k: lambda x, t: m(x, t, torch.full((x.shape[0],), k)))(net, k),
-                                         cpu_s)
-        # ... or y ~ uniform over the classes, then x ~ p(x | y): exactly a sample of p(x) when classes are
-        # balanced (they are: 450 per class). It uses the labels the baseline never sees; reported apart.
-        y = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(seed + 1))
-        models[name + ", y ~ U{0..9}"] = ((lambda m, y: lambda x, t: m(x, t, y[: x.shape[0]]))(net, y), cpu_s)
+
+        def eps_hat(x, t, y, m=net):  # load_model answers with eps whatever the network predicts
+            return m(x, t) if y is None else m(x, t, y)
+        if net.config.num_classes is None:
+            models[name] = ((lambda x, t, f=eps_hat: f(x, t, None)), cpu_s, None,
+                            lambda x, t, y, f=eps_hat: f(x, t, None))
+        else:
+            y = torch.randint(0, net.config.num_classes, (n,), generator=torch.Generator().manual_seed(seed + 1))
+            models[name + ", y ~ U{0..9}"] = ((lambda x, t, f=eps_hat, y=y: f(x, t, y[: x.shape[0]])), cpu_s, y,
+                                              eps_hat)
     for step in BASELINE["eval_at"]:
         path = out / f"diffusers_{step}.pt"
         if not path.exists():
             continue
         ck = load_checkpoint(path)
-        m = diffusers_baseline_model().eval()
-        m.load_state_dict(ck["state_dict"])
-        models[f"diffusers UNet2DModel ({step} steps, batch 64)"] = (
-            (lambda mm: lambda x, t: mm(x, t).sample)(m), ck["cpu_s"])
+        for key, label in (("ema_state_dict", f"EMA {ck.get('ema_decay', 0):.4f}"), ("state_dict", "raw weights")):
+            if key not in ck:
+                continue
+            m = diffusers_baseline_model().eval()
+            m.load_state_dict(ck[key])
+            fn = (lambda x, t, mm=m: mm(x, t).sample)
+            models[f"diffusers UNet2DModel ({step} steps, batch 64), {label}"] = (
+                fn, ck["cpu_s"], None, lambda x, t, y, f=fn: f(x, t))
+    if only:
+        models = {k: v for k, v in models.items() if any(o in k for o in only.split(","))}
+    return models
 
-    print(f"\nunconditional samples, n = {n} each, DDIM eta 0 with clip x0, same x_T; "
-          f"classifier {clf.__class__.__name__}; reference: the {len(x_test)} offline test digits")
-    x_train, _ = load_mnist(train=True)
-    real = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:n]]
-    q = sample_quality(clf, real, reference=x_test)
-    print(f"real training digits (n = {len(real)}): confidence {q['confidence']:.3f}, "
-          f"balance {q['balance']:.3f}, Frechet {q['frechet']:.2f} (the floor at this n)")
-    print(f"| model | training CPU-min | DDIM steps | confidence | balance | Frechet |")
-    print(f"|---|---|---|---|---|---|")
-    for steps in steps_list:
-        for name, (fn, cpu_s) in models.items():
-            x = ddim_sample(fn, sched, (n, 1, 28, 28), steps=steps, clip_x0=True,
-                            generator=torch.Generator().manual_seed(seed))
-            q = sample_quality(clf, x, reference=x_test)
+
+SAMPLERS = {  # name -> (sampler, keywords); all clip x0 to [-1, 1] as the paper's sampler does
+    "DDIM-20": ("ddim", dict(steps=20)), "DDIM-50": ("ddim", dict(steps=50)), "DDPM-1000": ("ddpm", {}),
+}
+AXES = ("frechet_clf", "frechet_rand", "border", "grey", "confidence", "balance")
+
+
+@torch.no_grad()
+def evaluate(out: Path, n: int, n_ddpm: int, samplers: list[str], seed: int, bpd_n: int, bpd_terms: int,
+             only: str | None) -> None:
+    """Every model x sampler on every axis of ddpm_tutor.quality, the real-digit row at the same n, bits/dim
+    of the test digits; grids in out/grids, all numbers in out/results.json. Samples are the sampler's output
+    as it is (the classifier clamps to [-1, 1] before judging, nothing else touches them)."""
+    from torchvision.utils import save_image
+
+    from ddpm_tutor.data.images import load_mnist
+    from ddpm_tutor.likelihood import mc_total
+    from ddpm_tutor.losses import bits_per_dim
+    from ddpm_tutor.quality import image_quality
+    from ddpm_tutor.samplers import sample
+    from ddpm_tutor.schedules import Schedule
+
+    sched = Schedule.linear(1000)
+    x_test, y_test = load_mnist(train=False)
+    x_train, y_train = load_mnist(train=True)
+    models = load_models(out, n, seed, only)
+    (out / "grids").mkdir(exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results["_meta"] = {"command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+                        "machine": machine(), "reference": f"the {len(x_test)} offline test digits"}
+
+    def fmt(q):
+        return " | ".join(f"{q[k]:.4f}" if k in ("border", "grey") else f"{q[k]:.3f}" if k in
+                          ("confidence", "balance") else f"{q[k]:.2f}" for k in AXES)
+
+    print(f"\nreference: the {len(x_test)} offline test digits; samples clip x0 to [-1, 1] and are not "
+          f"post-processed; border = pixels > 0.1 in the 3-pixel frame, grey = pixels in (0.05, 0.5)")
+    print("| model | training CPU-min | sampler | n | Frechet (classifier) | Frechet (random conv) | border | grey "
+          "| confidence | balance | label accuracy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for sampler_name in samplers:
+        kind, kw = SAMPLERS[sampler_name]
+        size = n_ddpm if kind == "ddpm" else n
+        idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:size]
+        q = image_quality(x_train[idx], x_test, labels=y_train[idx])  # label accuracy: the classifier's own
+        results[f"real training digits|n={size}"] = q
+        print(f"| real training digits | - | - | {size} | {fmt(q)} | {q['accuracy']:.3f} |", flush=True)
+        for name, (fn, cpu_s, labels, _) in models.items():
+            t0 = time.perf_counter()
+            x = sample(fn, sched, (size, 1, 28, 28), sampler=kind, clip_x0=True,
+                       generator=torch.Generator().manual_seed(seed), **kw)
+            q = image_quality(x, x_test, labels=None if labels is None else labels[:size])
+            q.update(sampler=sampler_name, cpu_s=cpu_s, sample_s=time.perf_counter() - t0)
+            results[f"{name}|{sampler_name}"] = q
+            slug = "".join(c if c.isalnum() else "_" for c in f"{name}_{sampler_name}")
+            save_image((x[:64].clamp(-1, 1) + 1) / 2, out / "grids" / f"{slug}.png", nrow=8, padding=1)
             cpu = f"{cpu_s / 60:.1f}" if cpu_s else "?"
-            print(f"| {name} | {cpu} | {steps} | {q['confidence']:.3f} | {q['balance']:.3f} | "
-                  f"{q['frechet']:.2f} |", flush=True)
+            acc = f"{q['accuracy']:.3f}" if "accuracy" in q else "-"
+            print(f"| {name} | {cpu} | {sampler_name} | {size} | {fmt(q)} | {acc} |", flush=True)
+            results_path.write_text(json.dumps(results, indent=1))
+    if bpd_n:
+        print(f"\nbits/dim of {bpd_n} test digits ({bpd_terms} of 1000 terms: L_0 and L_T exact, the rest an "
+              f"unbiased Monte Carlo estimate; +- is the standard error over digits and terms)")
+        x, y = x_test[:bpd_n], y_test[:bpd_n]
+        for name, (_, _, labels, bpd_fn) in models.items():
+            r = bits_per_dim(lambda a, t, f=bpd_fn: f(a, t, y), sched, x, n_terms=bpd_terms,
+                             generator=torch.Generator().manual_seed(seed))
+            drawn = r["terms"][:, 1:]
+            drawn = drawn[:, ~drawn.isnan().any(0)]  # the k-1 sampled steps (L_0 is exact)
+            se_steps = mc_total(drawn, sched.T - 1)["se"]
+            se_images = float(r["total"].std()) / len(x) ** 0.5
+            value, se = float(r["total"].mean()), (se_steps ** 2 + se_images ** 2) ** 0.5
+            results[f"{name}|bpd"] = {"bpd": value, "se": se, "n": bpd_n, "terms": bpd_terms}
+            print(f"{name}: {value:.3f} +- {se:.3f} bits/dim", flush=True)
+        results_path.write_text(json.dumps(results, indent=1))
+
+
+def table(results_path: Path) -> str:
+    """results.json as one markdown table (every model x sampler row, real digits at each n, bits/dim)."""
+    results = json.loads(results_path.read_text())
+    lines = ["| model | training CPU-min | sampler | n | Frechet (classifier) | Frechet (random conv) | bright frame px "
+             "| grey px | confidence | balance | label accuracy | bits/dim |", "|---|" * 1 + "---|" * 11]
+    rows = sorted((k for k in results if "|" in k and not k.endswith("|bpd")),
+                  key=lambda k: (k.split("|")[1], not k.startswith("real"), k))
+    for key in rows:
+        name, what = key.split("|")
+        q = results[key]
+        sampler = q.get("sampler", "-")
+        cpu = f"{q['cpu_s'] / 60:.1f}" if q.get("cpu_s") else "-"
+        acc = f"{q['accuracy']:.3f}" if "accuracy" in q else "-"
+        bpd = results.get(f"{name}|bpd")
+        bpd = f"{bpd['bpd']:.2f} ± {bpd['se']:.2f}" if bpd else "-"
+        lines.append(f"| {name} | {cpu} | {sampler} | {q['n']} | {q['frechet_clf']:.2f} | {q['frechet_rand']:.2f} | "
+                     f"{q['border']:.4f} | {q['grey']:.4f} | {q['confidence']:.3f} | {q['balance']:.3f} | {acc} | {bpd} |")
+    return "\n".join(lines)
+
+
+def export(results_path: Path, dest: Path) -> None:
+    """The numbers the book and the model card quote, by role: {"ours" | "diffusers_ema" | "diffusers_raw" |
+    "real": {sampler or "bpd": axes}} for our conditional model and the baseline after its last step."""
+    from ddpm_tutor.checkpoint import write_atomic
+    results = json.loads(results_path.read_text())
+    last = max(BASELINE["eval_at"])
+    roles = {"ours": lambda k: k.startswith("ours (") and "y ~ U" in k,
+             "ours_eps": lambda k: k.startswith("ours_eps (") and "y ~ U" in k,
+             "diffusers_ema": lambda k: f"({last} steps" in k and "EMA" in k,
+             "diffusers_raw": lambda k: f"({last} steps" in k and "raw weights" in k}
+    shipped = {"_meta": {**results["_meta"], "models": {}}}
+    for key, value in results.items():
+        name, _, what = key.partition("|")
+        if name == "real training digits":
+            shipped.setdefault("real", {})[what] = value
+            continue
+        for role, match in roles.items():
+            if match(name):
+                shipped.setdefault(role, {})[what] = value
+                shipped["_meta"]["models"][role] = name
+    write_atomic(dest, lambda f: f.write(json.dumps(shipped, indent=1).encode()))
+
+
+def machine() -> str:
+    return (f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["ours", "ours_uncond", "diffusers", "evaluate"], default=None)
+    p.add_argument("--only", choices=["ours", "ours_uncond", "diffusers", "evaluate", "table"], default=None,
+                   help="one training leg; evaluate (the saved runs again); table (print results.json)")
     p.add_argument("--out", default="runs/bench_vs_diffusers")
-    p.add_argument("--n", type=int, default=500, help="samples per model and setting")
-    p.add_argument("--ddim-steps", dest="ddim_steps", default="20,50", help="comma-separated")
+    p.add_argument("--n", type=int, default=256, help="samples per model for the DDIM rows")
+    p.add_argument("--n-ddpm", dest="n_ddpm", type=int, default=100, help="samples per model for DDPM-1000")
+    p.add_argument("--samplers", default=",".join(SAMPLERS), help=f"comma-separated, of {', '.join(SAMPLERS)}")
+    p.add_argument("--models", default=None, help="evaluate only models whose name contains one of these "
+                                                   "comma-separated strings")
+    p.add_argument("--bpd-n", dest="bpd_n", type=int, default=100, help="test digits for bits/dim (0: skip)")
+    p.add_argument("--bpd-terms", dest="bpd_terms", type=int, default=50, help="terms of the bound drawn")
+    p.add_argument("--export", default=None, help="also copy results.json here (the shipped model's numbers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads for the evaluation")
     p.add_argument("--_leg", default=None, help=argparse.SUPPRESS)
@@ -175,10 +308,12 @@ def main(argv=None) -> int:
     if args._leg == "diffusers":
         train_diffusers(out, args.seed)
         return 0
+    if args.only == "table":
+        print(table(out / "results.json"))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     print(f"# {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
-    print(f"# machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}; load average at start {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"# machine: {machine()}; load average at start {os.getloadavg()[0]:.2f}", flush=True)
     legs = {}
     if args.only in (None, "ours"):
         if (out / "ours").exists():
@@ -194,12 +329,13 @@ def main(argv=None) -> int:
         legs["diffusers"] = [sys.executable, __file__, "--out", str(out), "--seed", str(args.seed),
                              "--_leg", "diffusers"]
     if legs:
-        measured = timed_legs(legs, out)
-        times_path = out / "times.json"  # read only now: another leg may have written it meanwhile
-        times = {**(json.loads(times_path.read_text()) if times_path.exists() else {}), **measured}
-        times_path.write_text(json.dumps(times, indent=1))
+        for leg, measured in timed_legs(legs, out).items():  # one file per leg: legs may end at the same time
+            (out / f"time_{leg}.json").write_text(json.dumps(measured, indent=1))
     torch.set_num_threads(args.threads)
-    evaluate(out, args.n, [int(s) for s in args.ddim_steps.split(",")], args.seed)
+    evaluate(out, args.n, args.n_ddpm, args.samplers.split(","), args.seed, args.bpd_n, args.bpd_terms, args.models)
+    if args.export:
+        export(out / "results.json", Path(args.export))
+        print(f"wrote {args.export}")
     return 0
 
 

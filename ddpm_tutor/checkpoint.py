@@ -4,18 +4,20 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import torch
 
 
-def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
-    """Write ``obj`` (tensors, dicts, lists, numbers, strings) to ``path`` so a crash never leaves half a file."""
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(f)`` on a temp file next to ``path``, then rename it to ``path``: a crash or Ctrl-C
+    never leaves half a file, and an existing file is replaced only by a complete one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -24,6 +26,11 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
+    """Write ``obj`` (tensors, dicts, lists, numbers, strings) to ``path`` atomically (see write_atomic)."""
+    return write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

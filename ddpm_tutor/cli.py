@@ -4,10 +4,13 @@
   python -m ddpm_tutor sample --checkpoint runs/moons/checkpoint.pt --sampler ddim --steps 50
   python -m ddpm_tutor evaluate --checkpoint runs/moons/checkpoint.pt
   python -m ddpm_tutor train mnist --out runs/mnist
+  python -m ddpm_tutor train mnist --conditional --out runs/mnist_cond
+  python -m ddpm_tutor sample --checkpoint runs/mnist_cond/checkpoint.pt --labels 3 --guidance 2 --out threes.pt
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -15,6 +18,8 @@ from pathlib import Path
 import torch
 
 from .budget import default_device
+from .diffusion import PARAMETERIZATIONS
+from .losses import WEIGHTINGS
 from .train import AMP_MODES
 
 
@@ -43,13 +48,20 @@ def _mnist_setup(args):
 
 
 TRAIN_DEFAULTS = {  # per data kind: the settings a plain `train` uses (each can be overridden by a flag)
-    "toy2d": dict(steps=6000, batch_size=512, lr=3e-3, warmup=100, ema_decay=0.995, cosine_decay=True),
-    # MNIST: the recipe of the shipped checkpoint ddpm_tutor/checkpoints/mnist_unet.pt (see its model card):
-    # a short CPU run wants a high learning rate, a short EMA window, a cosine decay to zero, the min-SNR-5
-    # weighting (Hang et al. 2023: the many easy low-noise steps stop dominating the gradient) and bf16 autocast
-    # where the hardware has it: about 14 CPU-minutes on one core of an AVX512-BF16 CPU.
-    "mnist": dict(steps=1350, batch_size=64, lr=2e-3, warmup=50, ema_decay=0.995, cosine_decay=True, amp="auto",
-                  weighting="min_snr"),
+    # toy2d: v-prediction, since with eps-prediction deterministic DDIM threw points far off the data (|x| up to
+    # 100 on data of unit scale: errors of eps_hat at high noise, amplified in x0_hat), while ancestral
+    # sampling was as good with either (see the note of benchmarks/bench_toy2d.py)
+    "toy2d": dict(steps=6000, batch_size=512, lr=3e-3, warmup=100, ema_decay=0.995, cosine_decay=True,
+                  parameterization="v"),
+    # MNIST: the recipe of the shipped checkpoint ddpm_tutor/checkpoints/mnist_unet.pt (see its model card).
+    # v-prediction (Salimans & Ho 2022): an eps-predicting network's small errors at high noise become large
+    # errors of x0_hat = (x_t - sqrt(1 - ab) eps_hat) / sqrt(ab), which deterministic DDIM then keeps, as grey
+    # and grainy backgrounds; a v-network's do not (benchmarks/bench_vs_diffusers.py measured both at equal
+    # CPU). With it: the min-SNR-5 weighting (Hang et al. 2023), a high learning rate with a cosine decay to
+    # zero and a short EMA window for a short CPU run, and bf16 autocast where the hardware has it. 700 steps
+    # at batch 64 is about 15 CPU-minutes on one core of a CPU without bf16.
+    "mnist": dict(steps=700, batch_size=64, lr=2e-3, warmup=50, ema_decay=0.995, cosine_decay=True, amp="auto",
+                  weighting="min_snr", parameterization="v"),
 }
 
 
@@ -58,7 +70,8 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, Trainer
     torch.manual_seed(args.seed)
     data, labels, model, spec, augment = (_toy_setup if args.kind == "toy2d" else _mnist_setup)(args)
-    over = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "ema_decay", "warmup", "amp")
+    over = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "ema_decay", "warmup", "amp", "weighting",
+                                        "parameterization")
             if getattr(args, k, None) is not None}
     cfg = TrainConfig(**{**TRAIN_DEFAULTS[args.kind], **over, "seed": args.seed,
                          "p_uncond": 0.1 if labels is not None else 0.0})
@@ -82,30 +95,80 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _draw_samples(model, sched, spec, n, args, device):
+def _draw_samples(model, sched, spec, n, args, device, labels=None, guidance=0.0):
+    """n samples by args.sampler; labels (n,) make a conditional model draw those classes, with CFG scale guidance."""
     from .samplers import ddim_sample, ddpm_sample
     shape = (n, spec["config"]["data_dim"]) if spec["kind"] == "mlp" else \
         (n, spec["config"]["in_channels"], spec["config"]["image_size"], spec["config"]["image_size"])
     g = torch.Generator().manual_seed(args.seed)
     clip = spec["kind"] == "unet"  # images live in [-1, 1]; 2D toy data does not
+    if labels is not None:
+        from .guidance import cfg_model
+        # scale 0 is the plain conditional model, so guided and unguided draws share this one path
+        model = cfg_model(model, labels.to(device), guidance, null_label=spec["config"]["num_classes"])
     if args.sampler == "ddpm":
         return ddpm_sample(model, sched, shape, generator=g, device=device, var_type=args.var_type, clip_x0=clip)
     return ddim_sample(model, sched, shape, steps=args.steps, eta=args.eta, generator=g, device=device, clip_x0=clip)
 
 
-def cmd_sample(args) -> int:
+SAMPLE_SUFFIXES = (".png", ".npy", ".pt")
+# What a plain `sample` draws, per model kind, when --n / --sampler are not given. 2-D points are cheap;
+# 1000 ancestral U-Net steps for thousands of digits take hours on a CPU, so images get a few, by DDIM.
+SAMPLE_DEFAULTS = {"mlp": dict(n=2000, sampler="ddpm"), "unet": dict(n=64, sampler="ddim")}
+DDIM_STEPS = 50  # default --steps of `sample` (capped at the model's T)
+
+
+def _check_sample_flags(args) -> None:
+    """Refuse flags that are wrong whatever the checkpoint, before it is even loaded."""
+    if args.out is not None and Path(args.out).suffix.lower() not in SAMPLE_SUFFIXES:
+        raise SystemExit(f"--out must end in .png (a picture), .npy (the raw samples) or .pt (samples, labels and "
+                         f"settings), got {args.out!r}")
+    if args.n is not None and args.n < 1:
+        raise SystemExit(f"--n must be at least 1, got {args.n}")
+    if not args.eta >= 0:  # also refuses nan
+        raise SystemExit(f"--eta must be >= 0 (0 is deterministic DDIM, 1 is DDPM-like), got {args.eta}")
+    if not (math.isfinite(args.guidance) and args.guidance >= 0):
+        raise SystemExit(f"--guidance must be a finite number >= 0 (0 is the plain conditional model), "
+                         f"got {args.guidance}")
+
+
+def _fill_sample_defaults(args, kind: str, T: int) -> None:
+    """Fill in --n, --sampler and --steps the user left out, by model kind, and check --steps against T."""
+    for key, value in SAMPLE_DEFAULTS[kind].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.steps is None:
+        args.steps = min(DDIM_STEPS, T)
+    if args.sampler == "ddim" and not 1 <= args.steps <= T:
+        raise SystemExit(f"--steps must be in 1..{T} (this model's T) for ddim, got {args.steps}")
+
+
+def _sample_labels(arg, num_classes, n: int, seed: int, checkpoint) -> torch.Tensor | None:
+    """The (n,) int64 labels asked for by --labels (None for an unconditional model)."""
+    if num_classes is None:
+        if arg is not None:
+            raise SystemExit(f"--labels needs a class-conditional model, but {checkpoint} is unconditional "
+                             f"(`train mnist --conditional` makes a conditional one)")
+        return None
+    arg = "uniform" if arg is None else arg.strip()
+    if arg == "uniform":
+        # Their own generator: the same --seed gives the same labels, yet they do not reuse the random
+        # numbers that become the starting noise (drawn from a generator seeded with --seed itself).
+        return torch.randint(0, num_classes, (n,), generator=torch.Generator().manual_seed(seed + 1))
+    try:
+        label = int(arg)
+    except ValueError:
+        label = None
+    if label is None or not 0 <= label < num_classes:
+        raise SystemExit(f"--labels must be a class 0..{num_classes - 1} or 'uniform', got {arg!r}")
+    return torch.full((n,), label, dtype=torch.long)
+
+
+def _picture(x, spec, args):
+    """The present picture: data | samples for 2-D models, a grid of (clamped) images otherwise."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .train import load_model
-    device = torch.device(args.device) if args.device else default_device()
-    model, sched, state = load_model(args.checkpoint, device=device)
-    spec = state["model_spec"]
-    t0 = time.perf_counter()
-    x = _draw_samples(model, sched, spec, args.n, args, device).cpu()
-    print(f"{args.n} samples with {args.sampler} in {time.perf_counter() - t0:.1f} s")
-    out = Path(args.out or Path(args.checkpoint).with_name(f"samples_{args.sampler}.png"))
     if spec["kind"] == "mlp":
         from .data import toy2d
         data = toy2d(spec["data"]["name"], args.n, torch.Generator().manual_seed(args.seed + 1))
@@ -121,9 +184,52 @@ def cmd_sample(args) -> int:
         ax.imshow(grid.permute(1, 2, 0).numpy())
         ax.axis("off")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    print(f"wrote {out}")
+    return fig
+
+
+def _write_samples(out: Path, x, labels, meta: dict, spec, args) -> None:
+    from .checkpoint import write_atomic
+    suffix = out.suffix.lower()
+    if suffix == ".npy":
+        import numpy as np
+        write_atomic(out, lambda f: np.save(f, x.numpy(), allow_pickle=False))
+    elif suffix == ".pt":
+        write_atomic(out, lambda f: torch.save({"samples": x, "labels": labels, "meta": meta}, f))
+    else:
+        fig = _picture(x, spec, args)
+        write_atomic(out, lambda f: fig.savefig(f, format="png", dpi=120))
+
+
+def _describe(args, sched, labels, num_classes) -> str:
+    steps = f"{args.steps} DDIM steps, eta {args.eta:g}" if args.sampler == "ddim" else f"{sched.T} steps"
+    if labels is None:
+        return f"{args.n} samples by {args.sampler} ({steps}), unconditional"
+    which = f"labels uniform over 0..{num_classes - 1}" if (args.labels or "uniform").strip() == "uniform" \
+        else f"label {int(labels[0])}"
+    return f"{args.n} samples by {args.sampler} ({steps}), {which}, guidance {args.guidance:g}"
+
+
+def cmd_sample(args) -> int:
+    from .train import load_model
+    _check_sample_flags(args)
+    device = torch.device(args.device) if args.device else default_device()
+    model, sched, state = load_model(args.checkpoint, device=device)
+    spec = state["model_spec"]
+    _fill_sample_defaults(args, spec["kind"], sched.T)
+    num_classes = spec["config"].get("num_classes")
+    labels = _sample_labels(args.labels, num_classes, args.n, args.seed, args.checkpoint)
+    if args.guidance > 0 and labels is None:
+        raise SystemExit(f"--guidance needs a class-conditional model, but {args.checkpoint} is unconditional")
+    out = Path(args.out or Path(args.checkpoint).with_name(f"samples_{args.sampler}.png"))
+    t0 = time.perf_counter()
+    x = _draw_samples(model, sched, spec, args.n, args, device, labels=labels, guidance=args.guidance).cpu()
+    seconds = time.perf_counter() - t0
+    ddim = args.sampler == "ddim"
+    meta = {"checkpoint": str(Path(args.checkpoint).resolve()), "sampler": args.sampler,
+            "steps": args.steps if ddim else sched.T, "eta": args.eta if ddim else None,
+            "var_type": None if ddim else args.var_type, "guidance": args.guidance, "seed": args.seed, "n": args.n}
+    _write_samples(out, x, labels, meta, spec, args)
+    print(f"{_describe(args, sched, labels, num_classes)}, in {seconds:.1f} s; wrote {out}")
     return 0
 
 
@@ -133,13 +239,16 @@ def cmd_evaluate(args) -> int:
     model, sched, state = load_model(args.checkpoint, device=device)
     spec = state["model_spec"]
     if spec["kind"] == "mlp":
-        from .data import toy2d
+        from .data import checkerboard_off_fraction, toy2d
         from .metrics import compare_to_data
         x = _draw_samples(model, sched, spec, args.n, args, device).cpu()
-        r = compare_to_data(x, lambda n, g: toy2d(spec["data"]["name"], n, g), seed=args.seed)
-        print(f"n={r['n']} sampler={args.sampler}: sliced Wasserstein {r['sliced_wasserstein']:.4f} "
-              f"(data-vs-data floor {r['sw_floor']:.4f}, ratio {r['sw_ratio']:.2f}); energy distance "
-              f"{r['energy_distance']:.2e} (floor {r['ed_floor']:.2e}, ratio {r['ed_ratio']:.2f})")
+        name = spec["data"]["name"]
+        r = compare_to_data(x, lambda n, g: toy2d(name, n, g), seed=args.seed, references=args.references)
+        print(f"n={r['n']} sampler={args.sampler}, mean over {r['references']} data draws: sliced Wasserstein "
+              f"{r['sliced_wasserstein']:.4f} (data-vs-data floor {r['sw_floor']:.4f}, ratio {r['sw_ratio']:.2f}); "
+              f"energy distance {r['energy_distance']:.2e} (floor {r['ed_floor']:.2e}, ratio {r['ed_ratio']:.2f})")
+        if name == "checkerboard":
+            print(f"samples off the dark squares: {checkerboard_off_fraction(x):.4f} (data: 0)")
         return 0
     from .data.images import load_mnist
     from .losses import bits_per_dim
@@ -171,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ema-decay", dest="ema_decay", type=float, help="EMA decay of the weights")
     t.add_argument("--warmup", type=int, help="steps of learning-rate warmup")
     t.add_argument("--amp", choices=AMP_MODES, help="bfloat16 autocast of the forward pass")
+    t.add_argument("--weighting", choices=WEIGHTINGS, help="loss weighting over t (see losses.eps_weight)")
+    t.add_argument("--parameterization", choices=PARAMETERIZATIONS, help="what the network predicts")
     t.add_argument("--hidden", type=int, default=128, help="toy2d: MLP width")
     t.add_argument("--conditional", action="store_true", help="mnist: class-conditional with label dropout")
     t.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=1000)
@@ -179,21 +290,44 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
-    for name, func, helptext in (("sample", cmd_sample, "draw samples and write a PNG"),
+    for name, func, helptext in (("sample", cmd_sample, "draw samples; write a PNG, the raw samples (.npy) "
+                                                        "or samples with labels and settings (.pt)"),
                                  ("evaluate", cmd_evaluate, "2D: distances to data vs the noise floor; "
                                                            "images: bits/dim")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--checkpoint", required=True)
-        s.add_argument("--n", type=int, default=2000 if name == "sample" else 5000)
-        s.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
-        s.add_argument("--steps", type=int, default=50, help="DDIM steps")
+        if name == "sample":  # defaults by model kind, filled in once the checkpoint is loaded
+            s.add_argument("--n", type=int, default=None,
+                           help="number of samples (default: 2000 for 2-D models, 64 for images)")
+            s.add_argument("--sampler", default=None, choices=["ddpm", "ddim"],
+                           help="default: ddpm for 2-D models; ddim for images, since ancestral sampling takes "
+                                "all T steps (T = 1000 unless trained with another --T: hours for thousands "
+                                "of digits on a CPU)")
+            s.add_argument("--steps", type=int, default=None,
+                           help=f"DDIM steps (default {DDIM_STEPS}, or the model's T if smaller)")
+        else:
+            s.add_argument("--n", type=int, default=5000)
+            s.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
+            s.add_argument("--steps", type=int, default=50, help="DDIM steps")
         s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
         s.add_argument("--var-type", dest="var_type", default="fixed_small", choices=["fixed_small", "fixed_large"])
         s.add_argument("--n-terms", dest="n_terms", type=int, default=None, help="bits/dim: Monte Carlo terms")
+        if name == "evaluate":
+            s.add_argument("--references", type=int, default=5,
+                           help="2D: independent data draws the distances are averaged over")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--device")
         if name == "sample":
-            s.add_argument("--out", help="PNG path (default: next to the checkpoint)")
+            s.add_argument("--out", help="where to write: .png a picture (default: samples_<sampler>.png next to "
+                                         "the checkpoint); .npy the samples exactly as the sampler returns them, "
+                                         "float32 (n, D) or (n, C, H, W), unclamped; .pt a dict of samples, "
+                                         "labels and meta (the settings)")
+            s.add_argument("--labels", help="class-conditional models only: a class 0..K-1 for every sample, or "
+                                            "'uniform' (the default), classes drawn at random, reproducibly from "
+                                            "--seed")
+            s.add_argument("--guidance", type=float, default=0.0,
+                           help="classifier-free guidance scale w >= 0 (Ho & Salimans 2022): eps = (1 + w) "
+                                "eps(x, y) - w eps(x, no label); 0 (the default) is the plain conditional model")
         s.set_defaults(func=func)
     return p
 

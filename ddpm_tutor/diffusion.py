@@ -170,3 +170,24 @@ def p_mean_variance(model: Callable[[Tensor, Tensor], Tensor], sched: Schedule, 
     var, log_var = reverse_variance(sched, t, x_t, var_type)
     return {"mean": mean, "variance": var, "log_variance": log_var, "x0_hat": x0_hat,
             "eps_hat": eps_hat, "model_out": model_out}
+
+
+class EpsPredictor(torch.nn.Module):
+    """A network trained in any parameterisation, answering with eps_hat: (x_t, t, ...) -> eps_hat.
+
+    Samplers, the bound and guidance are written for eps predictions (Ho et al. 2020, eq. 11); a network
+    that predicts v or x0 (say) is converted exactly by :func:`to_x0_eps`. ``config`` is the network's.
+    """
+
+    def __init__(self, net: torch.nn.Module, sched: Schedule, parameterization: Parameterization):
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+        self.net, self.sched, self.parameterization = net, sched, parameterization
+
+    @property
+    def config(self):
+        return self.net.config
+
+    def forward(self, x_t: Tensor, t: Tensor, *args, **kwargs) -> Tensor:
+        return to_x0_eps(self.sched, x_t, t, self.net(x_t, t, *args, **kwargs), self.parameterization)[1]

@@ -60,3 +60,14 @@ def load_pretrained(name: str = "mnist", device=None):
     model, sched, state = load_model(pretrained_path(name), device=device)
     meta = {k: v for k, v in state.items() if k != "ema"}
     return model, sched, meta
+
+
+def quality_results(name: str = "mnist") -> dict:
+    """The measured sample quality of a shipped model, as ``benchmarks/bench_vs_diffusers.py --export`` saved
+    it: {"ours" | "diffusers_ema" | "diffusers_raw" | "real": {sampler or "bpd": numbers}, "_meta": {...}}.
+    The model card's table and the book's quoted numbers come from this file."""
+    import json
+    path = pretrained_path(name).with_name(Path(PRETRAINED[name]).stem + "_quality.json")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall ddpm_tutor (the file ships with the package)")
+    return json.loads(path.read_text())

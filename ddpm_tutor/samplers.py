@@ -104,9 +104,11 @@ def ddim_step(sched: Schedule, x_t: Tensor, t: Tensor, t_prev: Tensor, model_out
         x0_hat = x0_hat.clamp(-1.0, 1.0)
         eps_hat = (x_t - sched.at("alpha_bar", t, x_t).sqrt() * x0_hat) / (1 - sched.at("alpha_bar", t, x_t)).sqrt()
     ab = sched.at("alpha_bar", t, x_t)
-    ab_table = torch.cat([sched.alpha_bar, torch.ones(1, dtype=torch.float64)])  # index -1 -> 1
-    t_prev = torch.as_tensor(t_prev)
-    ab_prev = sched.at(ab_table, torch.where(t_prev < 0, torch.full_like(t_prev, sched.T), t_prev), x_t)
+    t_prev = torch.as_tensor(t_prev, device=x_t.device)
+    if int(t_prev.min()) < -1:
+        raise ValueError(f"t_prev must lie in -1..{sched.T - 1} (-1 is x_0), got {int(t_prev.min())}")
+    last = (t_prev < 0).reshape(ab.shape) if t_prev.ndim else t_prev < 0  # the step to x_0, where bar alpha = 1
+    ab_prev = torch.where(last, 1.0, sched.at("alpha_bar", t_prev.clamp(min=0), x_t))
     sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp(min=0).sqrt()
     x_prev = ab_prev.sqrt() * x0_hat + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps_hat
     if eta > 0:

@@ -64,6 +64,8 @@ class Schedule:
     posterior_coef_xt: Tensor = field(init=False, repr=False)
     snr: Tensor = field(init=False, repr=False)
     log_snr: Tensor = field(init=False, repr=False)
+    # tables already moved to a (device, dtype): samplers gather from them at every one of T steps
+    _cast: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self):
         beta = _check_beta(self.beta)
@@ -138,9 +140,17 @@ class Schedule:
 
         t: integer tensor of shape (B,) or scalar; returns shape (B, 1, ..., 1) in x's dtype and device.
         """
-        values = getattr(self, table) if isinstance(table, str) else table
+        if isinstance(table, str):
+            key = (table, x.device, x.dtype)
+            values = self._cast.get(key)
+            if values is None:
+                values = self._cast[key] = getattr(self, table).to(device=x.device, dtype=x.dtype)
+        else:
+            values = table.to(x.device)
         t = check_t(t, values.numel())
-        out = values.to(x.device)[t.to(x.device)].to(x.dtype)
+        out = values[t.to(x.device)]
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
         return out.reshape(out.shape + (1,) * (x.ndim - out.ndim))
 
 
@@ -155,7 +165,8 @@ def check_t(t, T: int) -> Tensor:
     t = torch.as_tensor(t)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"t must hold integer step indices in 0..{T - 1}, got dtype {t.dtype}")
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) > T - 1):
-        raise ValueError(f"t must lie in 0..{T - 1} (index i is the paper's step i+1), got range "
-                         f"{int(t.min())}..{int(t.max())}")
+    if t.numel():
+        lo, hi = (int(v) for v in torch.aminmax(t))  # one pass over t: this runs at every sampler step
+        if lo < 0 or hi > T - 1:
+            raise ValueError(f"t must lie in 0..{T - 1} (index i is the paper's step i+1), got range {lo}..{hi}")
     return t.long()

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .budget import default_device
 from .checkpoint import load_checkpoint, save_checkpoint
-from .diffusion import PARAMETERIZATIONS
+from .diffusion import PARAMETERIZATIONS, EpsPredictor
 from .losses import WEIGHTINGS, diffusion_loss
 from .schedules import Schedule
 
@@ -248,8 +248,14 @@ def build_model(spec: dict) -> nn.Module:
     raise ValueError(f"model kind must be 'mlp' or 'unet', got {kind!r}")
 
 
-def load_model(path: str | Path, *, ema: bool = True, device=None) -> tuple[nn.Module, Schedule, dict]:
-    """Load a trained model (EMA weights by default) and its schedule from a checkpoint, in eval mode."""
+def load_model(path: str | Path, *, ema: bool = True, device=None, as_eps: bool = True
+               ) -> tuple[nn.Module, Schedule, dict]:
+    """Load a trained model (EMA weights by default) and its schedule from a checkpoint, in eval mode.
+
+    With ``as_eps`` (the default) a network trained to predict v, x0 or the score comes wrapped in
+    :class:`~ddpm_tutor.diffusion.EpsPredictor`, so that it answers with eps_hat like every sampler expects;
+    ``as_eps=False`` returns the bare network (its output is then ``state["train_config"]["parameterization"]``).
+    """
     state = load_checkpoint(path)
     if state.get("format") != "ddpm_tutor/1":
         raise ValueError(f"{path} is not a ddpm_tutor training checkpoint")
@@ -262,4 +268,7 @@ def load_model(path: str | Path, *, ema: bool = True, device=None) -> tuple[nn.M
     model.load_state_dict(weights)
     model.to(device or default_device()).eval()
     sched = Schedule(state["schedule"]["beta"], name=state["schedule"]["name"])
+    parameterization = state.get("train_config", {}).get("parameterization", "eps")
+    if as_eps and parameterization != "eps":
+        model = EpsPredictor(model, sched, parameterization).eval()
     return model, sched, state

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ddpm_tutor.data import TOY2D, GaussianMixture, toy2d
+from ddpm_tutor.data import TOY2D, GaussianMixture, checkerboard_off_fraction, toy2d
 from ddpm_tutor.metrics import compare_to_data, energy_distance, noise_floor, sliced_wasserstein
 
 
@@ -25,6 +25,26 @@ def test_energy_distance_detects_difference_and_floor(gen):
         energy_distance(torch.tensor([[float("nan"), 0.0]]), torch.zeros(1, 2))
     with pytest.raises(ValueError, match="equal sample sizes"):
         sliced_wasserstein(torch.zeros(3, 2), torch.zeros(4, 2))
+
+
+def test_averaging_over_reference_draws_shrinks_the_spread(gen):
+    draw = lambda n, g: torch.randn(n, 2, generator=g, dtype=torch.float64)
+    samples = draw(500, gen)
+    one = [compare_to_data(samples, draw, seed=s)["ed_ratio"] for s in range(8)]
+    five = [compare_to_data(samples, draw, seed=s, references=5)["ed_ratio"] for s in range(8)]
+    assert torch.tensor(five).std() < 0.7 * torch.tensor(one).std()
+    with pytest.raises(ValueError, match="positive integer"):
+        compare_to_data(samples, draw, references=0)
+
+
+def test_checkerboard_off_fraction_counts_points_off_the_dark_squares():
+    assert checkerboard_off_fraction(toy2d("checkerboard", 4000, torch.Generator().manual_seed(0))) == 0.0
+    # uniform on the board: half the area is light squares
+    u = (torch.rand(20000, 2, generator=torch.Generator().manual_seed(1)) * 4 - 2) * 0.75
+    assert checkerboard_off_fraction(u) == pytest.approx(0.5, abs=0.02)
+    # the centres of a light square (cell (1, 0)) and of a dark one (cell (0, 0)), and a point off the board
+    pts = (torch.tensor([[1.5, 0.5], [0.5, 0.5], [5.0, 0.5]]) - 2) * 0.75
+    assert checkerboard_off_fraction(pts) == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("name", TOY2D)

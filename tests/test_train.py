@@ -69,6 +69,26 @@ def test_training_reduces_loss_and_load_model_rebuilds(tmp_path):
     assert torch.equal(sched.beta, tr.sched.beta)
 
 
+def test_load_model_answers_with_eps_for_a_v_network(tmp_path):
+    """A v-trained network comes back as an eps-predictor: eps = sqrt(1 - ab) x_t + sqrt(ab) v (Salimans & Ho
+    2022), so samplers written for eps use it unchanged; as_eps=False gives the bare v-network."""
+    tr = make_trainer(steps=5, parameterization="v")
+    tr.run(progress=False, checkpoint=tmp_path / "v.pt")
+    model, sched, state = load_model(tmp_path / "v.pt", device="cpu")
+    bare, _, _ = load_model(tmp_path / "v.pt", device="cpu", as_eps=False)
+    assert state["train_config"]["parameterization"] == "v" and model.config == bare.config
+    x, t = torch.randn(5, 2), torch.tensor([0, 10, 50, 70, 99])
+    ab = sched.alpha_bar[t].float()[:, None]
+    with torch.no_grad():
+        v = bare(x, t)
+        torch.testing.assert_close(v, tr.ema_model.eval()(x, t))
+        torch.testing.assert_close(model(x, t), (1 - ab).sqrt() * x + ab.sqrt() * v)
+    # and an eps-trained network comes back bare
+    make_trainer(steps=2).run(progress=False, checkpoint=tmp_path / "e.pt")
+    eps_model, _, _ = load_model(tmp_path / "e.pt", device="cpu")
+    assert isinstance(eps_model, MLPDenoiser)
+
+
 def test_nan_loss_stops_with_clear_message():
     tr = make_trainer()
     tr.data = tr.data.clone()

@@ -46,3 +46,19 @@ def toy2d(name: str, n: int, generator: torch.Generator | None = None) -> Tensor
         u[light, 0] = (u[light, 0] + 1) % 4
         return (u - 2) * 0.75
     raise ValueError(f"name must be one of {TOY2D}, got {name!r}")
+
+
+def checkerboard_off_fraction(x: Tensor) -> float:
+    """Fraction of points (n, 2) off the dark squares of :func:`toy2d`'s checkerboard (0 for its data).
+
+    Distances between point sets barely see rounded corners of the squares; this counts the samples that
+    fall on light squares or outside the board, which a perfect sampler never draws.
+    """
+    x = torch.as_tensor(x, dtype=torch.float64)
+    if x.ndim != 2 or x.shape[1] != 2 or x.shape[0] < 1:
+        raise ValueError(f"x must be points (n, 2), got {tuple(x.shape)}")
+    u = x / 0.75 + 2  # back to cell coordinates in [0, 4)
+    cell = u.floor()
+    inside = ((u >= 0) & (u < 4)).all(dim=1)
+    dark = (cell.sum(dim=1) % 2) == 0
+    return float(1 - (inside & dark).double().mean())
