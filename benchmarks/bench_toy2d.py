@@ -91,10 +91,16 @@ def main():
     p.add_argument("--eval-at", type=int, nargs="+", default=[1000, 2000, 3000, 4000, 5000, 6000, 8000, 10_000])
     p.add_argument("--n", type=int, default=2000, help="samples per evaluation and batch of the sampler")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--overhead-only", action="store_true", help="skip the training part")
     args = p.parse_args()
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
     print(f"machine: {machine()}")
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    if args.overhead_only:
+        for name, run_s, bare_s, ratio in overhead(args):
+            print(f"| {name}, n={args.n}: sampler / bare forward passes | {run_s:.3f} s / {bare_s:.3f} s = "
+                  f"{ratio:.3f} |")
+        return
     print(f"training to 1.5x the noise floor (two moons, MLP 125k params, recipe {TRAIN_DEFAULTS['toy2d']}):")
     rows = train_to_floor(args)
     reached = [r for r in rows if r[2] <= 1.5]

@@ -188,7 +188,10 @@ def evaluate(out: Path, n: int, n_ddpm: int, samplers: list[str], seed: int, bpd
     x_train, y_train = load_mnist(train=True)
     models = load_models(out, n, seed, only)
     (out / "grids").mkdir(exist_ok=True)
-    results_path = out / "results.json"
+    # one file per --models selection, so that evaluations of different models can run at the same time;
+    # table() and export() read them all
+    tag = "".join(c if c.isalnum() else "_" for c in only) if only else ""
+    results_path = out / (f"results_{tag}.json" if tag else "results.json")
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results["_meta"] = {"command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
                         "machine": machine(), "reference": f"the {len(x_test)} offline test digits"}
@@ -239,31 +242,43 @@ def evaluate(out: Path, n: int, n_ddpm: int, samplers: list[str], seed: int, bpd
         results_path.write_text(json.dumps(results, indent=1))
 
 
-def table(results_path: Path) -> str:
-    """results.json as one markdown table (every model x sampler row, real digits at each n, bits/dim)."""
-    results = json.loads(results_path.read_text())
+def read_results(out: Path) -> dict:
+    """Every results*.json in ``out``, merged (the file of the latest evaluation wins a key)."""
+    merged = {}
+    for path in sorted(out.glob("results*.json"), key=lambda p: p.stat().st_mtime):
+        merged.update(json.loads(path.read_text()))
+    return merged
+
+
+def table(out: Path) -> str:
+    """The saved results as one markdown table (every model x sampler row, real digits at each n, bits/dim)."""
+    results = read_results(out)
     lines = ["| model | training CPU-min | sampler | n | Frechet (classifier) | Frechet (random conv) | bright frame px "
              "| grey px | confidence | balance | label accuracy | bits/dim |", "|---|" * 1 + "---|" * 11]
-    rows = sorted((k for k in results if "|" in k and not k.endswith("|bpd")),
-                  key=lambda k: (k.split("|")[1], not k.startswith("real"), k))
-    for key in rows:
-        name, what = key.split("|")
-        q = results[key]
-        sampler = q.get("sampler", "-")
-        cpu = f"{q['cpu_s'] / 60:.1f}" if q.get("cpu_s") else "-"
+    def row(name, q, sampler, cpu_s, bpd):
+        cpu = f"{cpu_s / 60:.1f}" if cpu_s else "-"
         acc = f"{q['accuracy']:.3f}" if "accuracy" in q else "-"
-        bpd = results.get(f"{name}|bpd")
         bpd = f"{bpd['bpd']:.2f} ± {bpd['se']:.2f}" if bpd else "-"
-        lines.append(f"| {name} | {cpu} | {sampler} | {q['n']} | {q['frechet_clf']:.2f} | {q['frechet_rand']:.2f} | "
-                     f"{q['border']:.4f} | {q['grey']:.4f} | {q['confidence']:.3f} | {q['balance']:.3f} | {acc} | {bpd} |")
+        return (f"| {name} | {cpu} | {sampler} | {q['n']} | {q['frechet_clf']:.2f} | {q['frechet_rand']:.2f} | "
+                f"{q['border']:.4f} | {q['grey']:.4f} | {q['confidence']:.3f} | {q['balance']:.3f} | {acc} | {bpd} |")
+    for sampler in SAMPLERS:
+        models = [k for k in results if k.endswith(f"|{sampler}")]
+        if not models:
+            continue
+        n = results[models[0]]["n"]
+        if f"real training digits|n={n}" in results:
+            lines.append(row("real training digits", results[f"real training digits|n={n}"], sampler, None, None))
+        for key in sorted(models):
+            name = key.split("|")[0]
+            lines.append(row(name, results[key], sampler, results[key].get("cpu_s"), results.get(f"{name}|bpd")))
     return "\n".join(lines)
 
 
-def export(results_path: Path, dest: Path) -> None:
+def export(out: Path, dest: Path) -> None:
     """The numbers the book and the model card quote, by role: {"ours" | "diffusers_ema" | "diffusers_raw" |
     "real": {sampler or "bpd": axes}} for our conditional model and the baseline after its last step."""
     from ddpm_tutor.checkpoint import write_atomic
-    results = json.loads(results_path.read_text())
+    results = read_results(out)
     last = max(BASELINE["eval_at"])
     roles = {"ours": lambda k: k.startswith("ours (") and "y ~ U" in k,
              "ours_eps": lambda k: k.startswith("ours_eps (") and "y ~ U" in k,
@@ -309,7 +324,7 @@ def main(argv=None) -> int:
         train_diffusers(out, args.seed)
         return 0
     if args.only == "table":
-        print(table(out / "results.json"))
+        print(table(out))
         return 0
     out.mkdir(parents=True, exist_ok=True)
     print(f"# {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
@@ -334,7 +349,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     evaluate(out, args.n, args.n_ddpm, args.samplers.split(","), args.seed, args.bpd_n, args.bpd_terms, args.models)
     if args.export:
-        export(out / "results.json", Path(args.export))
+        export(out, Path(args.export))
         print(f"wrote {args.export}")
     return 0
 

@@ -66,8 +66,9 @@ def ddpm_steps(model: Model, sched: Schedule, shape: Sequence[int], *, generator
         with torch.no_grad():
             out = model(x, t)
         z = _noise(x.shape, generator, device, x.dtype) if step > 0 else torch.zeros_like(x)
-        x, x0_hat = ddpm_step(sched, x, t, out, z, parameterization=parameterization, var_type=var_type,
-                              clip_x0=clip_x0)
+        # the step gets t as one number: every row shares it, and one table lookup beats B of them
+        x, x0_hat = ddpm_step(sched, x, torch.tensor(step, device=device), out, z,
+                              parameterization=parameterization, var_type=var_type, clip_x0=clip_x0)
         yield SamplerState(step - 1, x, x0_hat)
 
 
@@ -139,8 +140,8 @@ def ddim_steps(model: Model, sched: Schedule, shape: Sequence[int], *, steps: in
         with torch.no_grad():
             out = model(x, t)
         z = _noise(x.shape, generator, device, x.dtype) if eta > 0 else None
-        x, x0_hat = ddim_step(sched, x, t, _t_batch(prev, x.shape[0], device), out, z, eta=eta,
-                              parameterization=parameterization, clip_x0=clip_x0)
+        x, x0_hat = ddim_step(sched, x, torch.tensor(step, device=device), torch.tensor(prev, device=device), out,
+                              z, eta=eta, parameterization=parameterization, clip_x0=clip_x0)
         yield SamplerState(prev, x, x0_hat)
 
 
