@@ -193,7 +193,7 @@ def evaluate(out: Path, n: int, n_ddpm: int, samplers: list[str], seed: int, bpd
     tag = "".join(c if c.isalnum() else "_" for c in only) if only else ""
     results_path = out / (f"results_{tag}.json" if tag else "results.json")
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["_meta"] = {"command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+    results["_meta"] = {"command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
                         "machine": machine(), "reference": f"the {len(x_test)} offline test digits"}
 
     def fmt(q):
