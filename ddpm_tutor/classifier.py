@@ -173,7 +173,8 @@ def sample_quality(classifier: DigitClassifier, samples: Tensor, reference: Tens
     """Quality numbers of generated digits ``samples`` (N, 1, 28, 28) in [-1, 1] (clamped first):
 
     confidence (mean max softmax), balance (entropy of predicted classes / log 10), class_counts,
-    frechet (vs ``reference`` real digits, if given), accuracy (vs requested ``labels``, if given).
+    frechet (vs ``reference`` real digits, if given), accuracy and accuracy_per_class (vs requested ``labels``,
+    if given).
     """
     dev = next(classifier.parameters()).device
     x = samples.detach().float().clamp(-1, 1).cpu()
@@ -188,7 +189,11 @@ def sample_quality(classifier: DigitClassifier, samples: Tensor, reference: Tens
         out["frechet"] = frechet_distance(*gaussian_stats(features(classifier, x)),
                                           *gaussian_stats(features(classifier, reference.float())))
     if labels is not None:
-        out["accuracy"] = float((pred == labels.cpu()).float().mean())
+        labels = labels.cpu()
+        out["accuracy"] = float((pred == labels).float().mean())
+        # NaN for a class that was not asked for
+        out["accuracy_per_class"] = [float((pred[labels == k] == k).float().mean()) if (labels == k).any()
+                                     else float("nan") for k in range(probs.shape[1])]
     return out
 
 

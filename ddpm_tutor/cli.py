@@ -50,7 +50,7 @@ def _mnist_setup(args):
 TRAIN_DEFAULTS = {  # per data kind: the settings a plain `train` uses (each can be overridden by a flag)
     # toy2d: v-prediction, since with eps-prediction deterministic DDIM threw points far off the data (|x| up to
     # 100 on data of unit scale: errors of eps_hat at high noise, amplified in x0_hat), while ancestral
-    # sampling was as good with either (see the note of benchmarks/bench_toy2d.py)
+    # sampling was about as good with either (measured with benchmarks/bench_toy2d.py and `evaluate`)
     "toy2d": dict(steps=6000, batch_size=512, lr=3e-3, warmup=100, ema_decay=0.995, cosine_decay=True,
                   parameterization="v"),
     # MNIST: the recipe of the shipped checkpoint ddpm_tutor/checkpoints/mnist_unet.pt (see its model card).
