@@ -1,8 +1,8 @@
 """Two moons on this CPU: training time to reach the noise floor, and the sampler's overhead.
 
 Run: .venv/bin/python benchmarks/bench_toy2d.py [--max-steps 8000] [--n 2000]
-Prints a table (not a test): (1) training wall time (evaluation excluded) until the EMA model's DDPM samples
-are within 1.5x of the data-vs-data sliced-Wasserstein floor; (2) the sampler's wall time divided by the
+Prints a table (not a test): (1) training time on one core (evaluation excluded) until the EMA model's DDPM
+and DDIM-50 samples are within 1.5x of the data-vs-data floor on sliced Wasserstein and energy distance; (2) the sampler's wall time divided by the
 time of the bare network forward passes it makes, for DDPM (1000 steps) and DDIM (50 steps).
 """
 from __future__ import annotations
@@ -47,15 +47,19 @@ def train_to_floor(args) -> list[tuple]:
         trainer.run(target, progress=False)
         train_time += time.perf_counter() - t0
         net = EpsPredictor(trainer.ema_model, sched, cfg.parameterization).eval()
-        x = ddpm_sample(net, sched, (args.n, 2), generator=torch.Generator().manual_seed(1))
-        r = compare_to_data(x, draw, references=5)
-        x = ddim_sample(net, sched, (args.n, 2), steps=50, generator=torch.Generator().manual_seed(1))
-        r_ddim = compare_to_data(x, draw, references=5)
-        rows.append((target, train_time, r["sw_ratio"], r["ed_ratio"]))
+        # 5 independent sets of samples x 5 data draws each, as `evaluate` does (one set alone is too noisy)
+        with torch.no_grad():
+            xs = [ddpm_sample(net, sched, (args.n, 2), generator=torch.Generator().manual_seed(1 + k))
+                  for k in range(5)]
+            r = compare_to_data(xs, draw, references=5)
+            xs = [ddim_sample(net, sched, (args.n, 2), steps=50, generator=torch.Generator().manual_seed(1 + k))
+                  for k in range(5)]
+            r_ddim = compare_to_data(xs, draw, references=5)
+        rows.append((target, train_time, r["sw_ratio"], r["ed_ratio"], r_ddim["sw_ratio"], r_ddim["ed_ratio"]))
         print(f"  step {target:>6}: train {train_time:6.1f} s  DDPM: SW/floor {r['sw_ratio']:.2f}  "
               f"energy/floor {r['ed_ratio']:.2f}; DDIM-50: SW/floor {r_ddim['sw_ratio']:.2f}  "
-              f"energy/floor {r_ddim['ed_ratio']:.2f} (5 data draws)", flush=True)
-        if r["sw_ratio"] <= 1.5:
+              f"energy/floor {r_ddim['ed_ratio']:.2f} (5 sample sets x 5 data draws)", flush=True)
+        if max(rows[-1][2:]) <= 1.5:
             break
     return rows
 
@@ -78,14 +82,15 @@ def overhead(args) -> list[tuple]:
                 for t in t_batches:
                     model(x, t)
         best_bare, best_run = float("inf"), float("inf")
-        for _ in range(args.repeats):  # interleaved, best of: robust to other load on the machine
-            t0 = time.perf_counter(); bare(); best_bare = min(best_bare, time.perf_counter() - t0)
-            t0 = time.perf_counter(); run(); best_run = min(best_run, time.perf_counter() - t0)
+        for _ in range(args.repeats):  # interleaved, best of, in this process's CPU time: robust to other load
+            t0 = time.process_time(); bare(); best_bare = min(best_bare, time.process_time() - t0)
+            t0 = time.process_time(); run(); best_run = min(best_run, time.process_time() - t0)
         rows.append((name, best_run, best_bare, best_run / best_bare))
     return rows
 
 
 def main():
+    torch.set_num_threads(1)  # as the CLI trains 2-D models: one core
     p = argparse.ArgumentParser()
     p.add_argument("--max-steps", type=int, default=10_000)
     p.add_argument("--eval-at", type=int, nargs="+", default=[1000, 2000, 3000, 4000, 5000, 6000, 8000, 10_000])
@@ -103,13 +108,14 @@ def main():
         return
     print(f"training to 1.5x the noise floor (two moons, MLP 125k params, recipe {TRAIN_DEFAULTS['toy2d']}):")
     rows = train_to_floor(args)
-    reached = [r for r in rows if r[2] <= 1.5]
+    reached = [r for r in rows if max(r[2:]) <= 1.5]
     print("| result | value |\n|---|---|")
     if reached:
-        print(f"| training wall time to SW <= 1.5x floor | {reached[0][1]:.1f} s ({reached[0][0]} steps) |")
+        print(f"| training time until DDPM and DDIM-50 are within 1.5x of the floor on SW and energy | "
+              f"{reached[0][1]:.1f} s ({reached[0][0]} steps) |")
     else:
-        print(f"| training wall time to SW <= 1.5x floor | not reached in {rows[-1][0]} steps "
-              f"({rows[-1][1]:.1f} s, ratio {rows[-1][2]:.2f}) |")
+        print(f"| training time until DDPM and DDIM-50 are within 1.5x of the floor on SW and energy | not reached "
+              f"in {rows[-1][0]} steps ({rows[-1][1]:.1f} s, worst ratio {max(rows[-1][2:]):.2f}) |")
     for name, run_s, bare_s, ratio in overhead(args):
         print(f"| {name}, n={args.n}: sampler / bare forward passes | {run_s:.3f} s / {bare_s:.3f} s = {ratio:.3f} |")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")

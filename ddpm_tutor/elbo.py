@@ -197,7 +197,9 @@ def continuous_elbo_terms(model: Callable[[Tensor, Tensor], Tensor], sched: Sche
 
     For each requested step index i (paper's t = i + 1) one x_t ~ q(x_t | x_0) is drawn per example, and
     * i = 0:  L_0 = -log N(x_0; mu_theta(x_1, 1), sigma_1^2), the continuous Gaussian decoder, with mean and
-      log variance from ``p_mean_variance`` (so sigma_1^2 is what the sampler's last step would use);
+      log variance from ``p_mean_variance`` (with var_type fixed_small this is the clipped beta_tilde_2 of Ho et
+      al.'s likelihood code: beta_tilde_1 = 0 would make the density degenerate; the sampler's last step adds
+      no noise at all);
     * i >= 1: L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)) by ``normal_kl`` of
       ``q_posterior`` and ``p_mean_variance``;
     * prior: L_T = KL(q(x_T | x_0) || N(0, I)) exactly (:func:`prior_kl`).
@@ -242,7 +244,7 @@ def vp_linear_schedule(T: int, beta_min: float = 0.1, beta_max: float = 20.0) ->
 
     bar alpha(tau) = exp(-(beta_min tau + (beta_max - beta_min) tau^2 / 2)) for tau in (0, 1], and
     bar alpha_t = bar alpha(t / T): beta_t is then about beta(t/T) / T with beta(tau) linear from beta_min to
-    beta_max, so T = 1000 gives beta from 1e-4 to 0.02 like Ho et al. 2020 (to within 2e-4). Unlike
+    beta_max, so T = 1000 gives beta from 1e-4 to 0.02 like Ho et al. 2020 (each beta_t within 2.1e-4 of theirs). Unlike
     rescaling beta, every T describes the same noising process, which makes "more steps" a fair comparison
     (the continuous-time view of Kingma et al. 2021).
     """

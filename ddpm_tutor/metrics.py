@@ -6,6 +6,7 @@ distance as a multiple of that floor.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable
 
 import torch
@@ -59,24 +60,46 @@ def noise_floor(draw: Callable[[int, torch.Generator], Tensor], n: int, metric: 
     return float(sum(values) / len(values))
 
 
-def compare_to_data(samples: Tensor, draw: Callable[[int, torch.Generator], Tensor], seed: int = 0,
-                    references: int = 1) -> dict:
+def energy_floor(draw: Callable[[int, torch.Generator], Tensor], n: int, seed: int = 0,
+                 pairs: int = 200_000) -> float:
+    """The expected energy distance between two independent data samples of size n, in closed form.
+
+    For i.i.d. samples the V-statistic of :func:`energy_distance` has mean 2 E|X - X'| / n exactly (the
+    cross term has mean E|X - X'|, each within-sample term (1 - 1/n) of it); E|X - X'| is estimated from
+    ``pairs`` independent pairs, far more precisely than by averaging a few data-vs-data distances.
+    """
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.as_tensor(draw(pairs, g)).double(), torch.as_tensor(draw(pairs, g)).double()
+    return float(2 * (a - b).norm(dim=1).mean() / n)
+
+
+def compare_to_data(samples: Tensor | Sequence[Tensor], draw: Callable[[int, torch.Generator], Tensor],
+                    seed: int = 0, references: int = 1) -> dict:
     """Sliced Wasserstein and energy distance of ``samples`` to fresh data, each with its noise floor and ratio.
 
-    The distances are averaged over ``references`` independent data draws of the samples' size (one draw
-    is itself noisy: at n = 2,000 the ratio moves by about 0.2 from draw to draw).
+    ``samples``: one set (n, D), or a list of independent sets of equal n (e.g. the same sampler run with
+    several seeds). Every set is compared with ``references`` independent data draws of size n and the
+    distances are averaged over sets and draws. Both kinds of averaging matter: at n = 2,000 on two moons
+    a *perfect* model (data compared with data) scores an energy-distance ratio anywhere from 0.2 to 3 for one
+    set of samples, however many reference draws; the mean over 5 sets is within about 0.3 of 1.
     """
     if isinstance(references, bool) or not isinstance(references, int) or references < 1:
         raise ValueError(f"references must be a positive integer, got {references!r}")
-    n = samples.shape[0]
+    sets = [samples] if isinstance(samples, Tensor) else list(samples)
+    if not sets or any(not isinstance(x, Tensor) or x.ndim != 2 for x in sets):
+        raise ValueError("samples must be a tensor (n, D) or a non-empty list of them")
+    n = sets[0].shape[0]
+    if any(x.shape != sets[0].shape for x in sets):
+        raise ValueError(f"sample sets must share one shape, got {[tuple(x.shape) for x in sets]}")
     g = torch.Generator().manual_seed(seed + 1)
     sws, eds = [], []
-    for r in range(references):
-        ref = draw(n, g)
-        sws.append(sliced_wasserstein(samples, ref, generator=torch.Generator().manual_seed(seed + 1000 * r)))
-        eds.append(energy_distance(samples, ref))
-    sw, ed = sum(sws) / references, sum(eds) / references
-    sw_floor = noise_floor(draw, n, sliced_wasserstein, seed=seed)
-    ed_floor = noise_floor(draw, n, energy_distance, seed=seed)
-    return {"n": n, "references": references, "sliced_wasserstein": sw, "sw_floor": sw_floor,
+    for k, x in enumerate(sets):
+        for r in range(references):
+            ref = draw(n, g)
+            sws.append(sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(seed + 1000 * r + k)))
+            eds.append(energy_distance(x, ref))
+    sw, ed = sum(sws) / len(sws), sum(eds) / len(eds)
+    sw_floor = noise_floor(draw, n, sliced_wasserstein, repeats=10, seed=seed)
+    ed_floor = energy_floor(draw, n, seed=seed)
+    return {"n": n, "sets": len(sets), "references": references, "sliced_wasserstein": sw, "sw_floor": sw_floor,
             "sw_ratio": sw / sw_floor, "energy_distance": ed, "ed_floor": ed_floor, "ed_ratio": ed / ed_floor}

@@ -21,11 +21,24 @@ Model = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass
 class SamplerState:
-    """One state of the reverse chain: x at step index t (t = -1 means x_0, the final sample)."""
+    """One state of the reverse chain.
+
+    t: the step index of x in the package's convention (the paper's step t + 1; t = -1 means x_0, the final
+    sample). x0_hat: the prediction of x_0 made on the way to x, i.e. from the previous state (None for x_T).
+    x0_hat_paper_t: the paper's step (1..T) at which x0_hat was made: the network saw x_t at that step. For the
+    ancestral sampler it is ``paper_t + 1``; for DDIM it is the paper's step of the previous state of the
+    subsequence. None when x0_hat is None.
+    """
 
     t: int
     x: Tensor
     x0_hat: Tensor | None = None
+    x0_hat_paper_t: int | None = None
+
+    @property
+    def paper_t(self) -> int:
+        """The paper's step of x: T, ..., 1 for x_T, ..., x_1 and 0 for the final sample x_0."""
+        return self.t + 1
 
 
 def _noise(shape, generator, device, dtype) -> Tensor:
@@ -56,7 +69,8 @@ def ddpm_steps(model: Model, sched: Schedule, shape: Sequence[int], *, generator
                clip_x0: bool = False, x_T: Tensor | None = None, dtype=torch.float32) -> Iterator[SamplerState]:
     """Yield x_T, x_{T-1}, ..., x_0 of the ancestral sampler (Ho et al. 2020, Algorithm 2).
 
-    States are SamplerState(t, x, x0_hat) where t is the step index of x (T-1 ... 0, then -1 for x_0).
+    States are SamplerState(t, x, x0_hat, x0_hat_paper_t) where t is the step index of x (T-1 ... 0, then -1
+    for x_0) and x0_hat was predicted from the previous state, at the paper's step x0_hat_paper_t = t + 2.
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
     x = _noise(tuple(shape), generator, device, dtype) if x_T is None else x_T.to(device)
@@ -69,7 +83,7 @@ def ddpm_steps(model: Model, sched: Schedule, shape: Sequence[int], *, generator
         # the step gets t as one number: every row shares it, and one table lookup beats B of them
         x, x0_hat = ddpm_step(sched, x, torch.tensor(step, device=device), out, z,
                               parameterization=parameterization, var_type=var_type, clip_x0=clip_x0)
-        yield SamplerState(step - 1, x, x0_hat)
+        yield SamplerState(step - 1, x, x0_hat, x0_hat_paper_t=step + 1)
 
 
 def ddpm_sample(model: Model, sched: Schedule, shape: Sequence[int], **kwargs) -> Tensor:
@@ -142,7 +156,7 @@ def ddim_steps(model: Model, sched: Schedule, shape: Sequence[int], *, steps: in
         z = _noise(x.shape, generator, device, x.dtype) if eta > 0 else None
         x, x0_hat = ddim_step(sched, x, torch.tensor(step, device=device), torch.tensor(prev, device=device), out,
                               z, eta=eta, parameterization=parameterization, clip_x0=clip_x0)
-        yield SamplerState(prev, x, x0_hat)
+        yield SamplerState(prev, x, x0_hat, x0_hat_paper_t=step + 1)
 
 
 def ddim_sample(model: Model, sched: Schedule, shape: Sequence[int], **kwargs) -> Tensor:

