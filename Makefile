@@ -53,9 +53,11 @@ test-nb: $(STAMP)
 	DDPM_TUTOR_BUDGET=ci OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(XDIST) --nbval-lax \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly $$(ls book/part*/*.ipynb)
 
-## The book under budget ci into _build_ci/_build/html, with its own execution cache (_build_ci/_build/.jupyter_cache)
+## The book under budget ci into _build_ci/_build/html, with its own execution cache (_build_ci/_build/.jupyter_cache).
+## One thread per chapter, as nbval runs them: under load, a chapter's spinning second thread made it take 191 s
+## instead of 20 s.
 test-book: $(STAMP) mathjax
-	DDPM_TUTOR_BUDGET=ci $(BIN)/jupyter-book build . --path-output _build_ci -W -n --keep-going
+	DDPM_TUTOR_BUDGET=ci OMP_NUM_THREADS=1 $(BIN)/jupyter-book build . --path-output _build_ci -W -n --keep-going
 
 ## Headless Chromium over every page of the ci build: offline MathJax, players step, Colab links, no
 ## request off 127.0.0.1, no console error. Screenshots in _build_ci/screenshots.
