@@ -3,6 +3,7 @@
 //
 //   node tests/browser/check_book.mjs HTML_DIR [--screenshots DIR] [--home URL] [--branch NAME]
 //                                               [--config _config.yml] [--pages GLOB-ish substring]
+//                                               [--layout WxH[,WxH...]]
 //
 // Serves HTML_DIR on 127.0.0.1 (a tiny static server, here), opens every page under book/ with Debian's
 // Chromium through playwright-core, and for each page checks that
@@ -14,6 +15,11 @@
 //   - a page built from a notebook has a Colab launch link to exactly
 //     https://colab.research.google.com/github/<owner>/<repo>/blob/<branch>/<the page's .ipynb path>;
 //   - there is no console error and no uncaught exception;
+//   - at each --layout viewport (default 1280x800), every display equation, every player and every image or
+//     figure in the article fits its text column: its natural width (what MathJax typeset, or the scroll
+//     width of a box that scrolls or clips its content) is at most the width of the box it sits in and of
+//     the article's column (article.bd-article, less its padding), within LAYOUT_SLACK_PX, and it lies
+//     inside that column. Hidden content (code-cell <details>, toggled solutions) is opened first;
 // and saves a full-page screenshot of each page. Prints one line per page, then `N passed, N failed`,
 // and exits 1 when any page failed (2 on bad usage).
 import { chromium } from "playwright-core";
@@ -28,15 +34,18 @@ const CHROMIUM_ARGS = [
   "--disable-component-update", "--disable-sync", "--no-first-run",
 ];
 const PAGE_TIMEOUT_MS = 60_000;
+// Viewport(s) at which equations, players and figures must fit the text column, and the slack allowed (px).
+const LAYOUT_VIEWPORTS = "1280x800";
+const LAYOUT_SLACK_PX = 2;
 
 function usage(msg) {
   console.error(`check_book: ${msg}`);
-  console.error("usage: node tests/browser/check_book.mjs HTML_DIR [--screenshots DIR] [--home URL] [--branch NAME] [--config FILE] [--pages SUBSTRING]");
+  console.error("usage: node tests/browser/check_book.mjs HTML_DIR [--screenshots DIR] [--home URL] [--branch NAME] [--config FILE] [--pages SUBSTRING] [--layout WxH[,WxH...]]");
   process.exit(2);
 }
 
 function parseArgs(argv) {
-  const opts = { screenshots: null, home: null, branch: null, config: "_config.yml", pages: null };
+  const opts = { screenshots: null, home: null, branch: null, config: "_config.yml", pages: null, layout: LAYOUT_VIEWPORTS };
   const rest = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -48,6 +57,11 @@ function parseArgs(argv) {
     else rest.push(a);
   }
   if (rest.length !== 1) usage("give exactly one HTML_DIR");
+  opts.viewports = opts.layout.split(",").map((v) => {
+    const m = v.trim().match(/^(\d+)x(\d+)$/);
+    if (!m) usage(`--layout wants WIDTHxHEIGHT[,WIDTHxHEIGHT...], got ${opts.layout}`);
+    return { width: Number(m[1]), height: Number(m[2]) };
+  });
   opts.root = path.resolve(rest[0]);
   if (!fs.existsSync(path.join(opts.root, "index.html"))) usage(`${opts.root} has no index.html: build the book first`);
   return opts;
@@ -247,8 +261,131 @@ async function checkPage(context, base, rel, opts, repo) {
     const shot = path.join(opts.screenshots, rel.replace(/\//g, "__").replace(/\.html$/, ".png"));
     await page.screenshot({ path: shot, fullPage: true });
   }
+  // Layout (last: it opens hidden content and resizes the page): equations, players and figures fit the column.
+  for (const vp of opts.viewports) {
+    await page.setViewportSize(vp);
+    let found;
+    try {
+      found = await page.evaluate(measureLayout, LAYOUT_SLACK_PX);
+    } catch (e) {
+      problems.push(`layout at ${vp.width}x${vp.height}: could not measure: ${e.message.split("\n")[0]}`);
+      continue;
+    }
+    for (const o of found.overflows) {
+      problems.push(`${o.kind} overflows its column at ${vp.width}x${vp.height}: ${o.id}: ${o.why}`);
+    }
+    if (vp === opts.viewports[0]) notes.push(`${found.measured} fit at ${vp.width}x${vp.height}`);
+  }
+
   await page.close();
   return { problems, notes };
+}
+
+// Runs in the page: finds every display equation, player and image/figure in the article and returns those
+// wider than the box they sit in (or the article's column), or lying outside the column.
+async function measureLayout(slack) {
+  if (window.MathJax && window.MathJax.startup && window.MathJax.startup.promise) await window.MathJax.startup.promise;
+  // Open what a reader can open: code cells hidden in <details>, solutions hidden by sphinx-togglebutton.
+  for (const d of document.querySelectorAll("details")) d.open = true;
+  for (const t of document.querySelectorAll(".toggle-hidden")) t.classList.remove("toggle-hidden");
+  for (const img of document.querySelectorAll("img")) {
+    if (img.loading === "lazy") img.loading = "eager";
+    if (!img.complete) await img.decode().catch(() => {});
+  }
+  await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+
+  const px = (v) => parseFloat(v) || 0;
+  const contentBox = (el) => {
+    const r = el.getBoundingClientRect();
+    const cs = getComputedStyle(el);
+    const left = r.left + px(cs.borderLeftWidth) + px(cs.paddingLeft);
+    return { left, width: el.clientWidth - px(cs.paddingLeft) - px(cs.paddingRight) };
+  };
+  const column = document.querySelector("article.bd-article") || document.querySelector("main#main-content, [role=main], main")
+    || document.body;
+  const col = contentBox(column);
+  const colRight = col.left + col.width;
+  // The box an element is laid out in: its nearest ancestor that is not inline.
+  const blockParent = (el) => {
+    let p = el.parentElement;
+    while (p && p !== column && /^(inline|contents)$/.test(getComputedStyle(p).display)) p = p.parentElement;
+    return p || column;
+  };
+  const headings = [...column.querySelectorAll("h1, h2, h3, h4, h5, h6")];
+  const heading = (el) => {
+    let h = null;
+    for (const x of headings) if (x.compareDocumentPosition(el) & Node.DOCUMENT_POSITION_FOLLOWING) h = x; else break;
+    return h ? ` under "${h.textContent.replace(/[#¶]/g, "").replace(/\s+/g, " ").trim().slice(0, 60)}"` : "";
+  };
+  const visible = (el) => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+  const r1 = (x) => Math.round(x);
+
+  // TeX of each typeset math item, by its container.
+  const tex = new Map();
+  try {
+    for (const item of window.MathJax.startup.document.math) if (item.typesetRoot) tex.set(item.typesetRoot, item.math);
+  } catch { /* no MathJax: no equations either */ }
+
+  const items = [];
+  // Display equations. Sphinx wraps each in div.math (with the number, span.eqno); the theme makes the
+  // mjx-container scroll sideways, so what is cut off shows only in its scroll width / the mjx-math's width.
+  for (const c of column.querySelectorAll('mjx-container[display="true"]')) {
+    if (!visible(c)) continue;
+    const box = c.closest("div.math") || c;
+    const m = c.querySelector("mjx-math");
+    const mathW = m ? m.getBoundingClientRect().width : 0;
+    const hidden = Math.max(0, c.scrollWidth - c.clientWidth, mathW - c.clientWidth, px(c.style.minWidth) - c.clientWidth)
+      + (box === c ? 0 : Math.max(0, box.scrollWidth - box.clientWidth));
+    const eqno = box.querySelector(".eqno");
+    const source = (tex.get(c) || (c.querySelector("mjx-assistive-mml") || c).textContent || "").replace(/\s+/g, " ").trim();
+    const label = [eqno ? eqno.textContent.replace(/[#¶]/g, "").trim() : "", box.id ? `#${box.id}` : ""].filter(Boolean).join(" ");
+    items.push({ kind: "equation", el: box, need: box.getBoundingClientRect().width + hidden, what: `math ${r1(mathW)} px`,
+      id: `${label ? label + " " : ""}${JSON.stringify(source.slice(0, 60))}${label ? "" : heading(c)}` });
+  }
+  // Players: matplotlib's to_jshtml (div.animation), image and controls together.
+  const players = [...column.querySelectorAll("div.animation")];
+  players.forEach((p, i) => {
+    if (!visible(p)) return;
+    let need = Math.max(p.getBoundingClientRect().width, p.scrollWidth);
+    for (const k of p.querySelectorAll("img, input, button")) need = Math.max(need, k.getBoundingClientRect().right - p.getBoundingClientRect().left);
+    const img = p.querySelector("img");
+    items.push({ kind: "player", el: p, need, what: img ? `frame ${r1(img.getBoundingClientRect().width)} px` : "",
+      id: `player ${i + 1}${heading(p)}` });
+  });
+  // Figures and images (notebook outputs included), each measured once: a figure with its image(s) inside.
+  const inPlayerOrMath = (el) => el.closest("div.animation, mjx-container, button");
+  for (const f of column.querySelectorAll("figure, div.figure")) {
+    if (!visible(f) || inPlayerOrMath(f)) continue;
+    let need = Math.max(f.getBoundingClientRect().width, f.scrollWidth);
+    for (const k of f.querySelectorAll("img, svg, video, canvas")) need = Math.max(need, k.getBoundingClientRect().width);
+    const img = f.querySelector("img");
+    const name = f.id ? `#${f.id}` : img ? (img.getAttribute("src") || "").split("/").pop().slice(0, 24) : "figure";
+    items.push({ kind: "figure", el: f, need, what: "", id: `${name}${heading(f)}` });
+  }
+  for (const el of column.querySelectorAll("img, .cell_output svg, video, canvas, iframe")) {
+    if (!visible(el) || inPlayerOrMath(el) || el.closest("figure, div.figure") || el.parentElement.closest("svg")) continue;
+    const r = el.getBoundingClientRect();
+    const src = el.tagName === "IMG" ? (el.getAttribute("src") || "").split("/").pop() : el.tagName.toLowerCase();
+    const name = src.startsWith("data:") ? "inline image" : src.slice(0, 24);
+    items.push({ kind: "image", el, need: Math.max(r.width, el.scrollWidth || 0), what: "",
+      id: `${el.closest(".cell_output") ? "cell output " : ""}${name}${heading(el)}` });
+  }
+
+  const overflows = [];
+  for (const it of items) {
+    const parent = blockParent(it.el);
+    const host = parent === column ? col : contentBox(parent);
+    const avail = Math.min(col.width, host.width);
+    const r = it.el.getBoundingClientRect();
+    const right = r.left + it.need;
+    const where = host.width < col.width - slack ? `its box ${r1(host.width)} px, column ${r1(col.width)} px` : `column ${r1(col.width)} px`;
+    const what = it.what ? ` (${it.what})` : "";
+    if (it.need > avail + slack) overflows.push({ ...it, why: `needs ${r1(it.need)} px${what}, ${where}` });
+    else if (right > colRight + slack || r.left < col.left - slack) {
+      overflows.push({ ...it, why: `spans ${r1(r.left - col.left)}..${r1(right - col.left)} px of a column 0..${r1(col.width)} px` });
+    }
+  }
+  return { measured: items.length, overflows: overflows.map(({ kind, id, why }) => ({ kind, id, why })) };
 }
 
 async function main() {
