@@ -274,7 +274,7 @@ async function checkPage(context, base, rel, opts, repo) {
     for (const o of found.overflows) {
       problems.push(`${o.kind} overflows its column at ${vp.width}x${vp.height}: ${o.id}: ${o.why}`);
     }
-    if (vp === opts.viewports[0]) notes.push(`${found.measured} fit at ${vp.width}x${vp.height}`);
+    if (vp === opts.viewports[0]) notes.push(`fits ${vp.width}x${vp.height} (${found.measured} measured)`);
   }
 
   await page.close();
