@@ -60,10 +60,12 @@ test-book: $(STAMP) mathjax
 	DDPM_TUTOR_BUDGET=ci OMP_NUM_THREADS=1 $(BIN)/jupyter-book build . --path-output _build_ci -W -n --keep-going
 
 ## Headless Chromium over every page of the ci build: offline MathJax, players step, Colab links, no
-## request off 127.0.0.1, no console error. Screenshots in _build_ci/screenshots.
+## request off 127.0.0.1, no console error, and every equation, player and figure fits the text column at
+## two window sizes (--layout 1280x800,1200x900; at 1200 the column is narrower). Screenshots in
+## _build_ci/screenshots.
 test-browser: node-deps chromium
 	@test -f _build_ci/_build/html/index.html || { echo "test-browser: no _build_ci/_build/html; run make test-book first"; exit 2; }
-	node tests/browser/check_book.mjs _build_ci/_build/html --screenshots _build_ci/screenshots
+	node tests/browser/check_book.mjs _build_ci/_build/html --layout 1280x800,1200x900 --screenshots _build_ci/screenshots
 
 ## Node packages for the browser check and the MathJax the site serves (tests/browser/package.json, locked)
 NODE_STAMP := tests/browser/node_modules/.installed
