@@ -80,8 +80,8 @@ def compare_to_data(samples: Tensor | Sequence[Tensor], draw: Callable[[int, tor
     ``samples``: one set (n, D), or a list of independent sets of equal n (e.g. the same sampler run with
     several seeds). Every set is compared with ``references`` independent data draws of size n and the
     distances are averaged over sets and draws. Both kinds of averaging matter: at n = 2,000 on two moons
-    a *perfect* model (data compared with data) scores an energy-distance ratio anywhere from 0.2 to 3 for one
-    set of samples, however many reference draws; the mean over 5 sets is within about 0.3 of 1.
+    a *perfect* model (data compared with data) scored energy-distance ratios from 0.49 to 1.29 with one set
+    of samples and 5 reference draws (12 trials), and from 0.79 to 1.32 as the mean over 5 sets (6 trials).
     """
     if isinstance(references, bool) or not isinstance(references, int) or references < 1:
         raise ValueError(f"references must be a positive integer, got {references!r}")
