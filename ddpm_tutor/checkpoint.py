@@ -8,6 +8,16 @@ from typing import BinaryIO, Callable
 
 import torch
 
+FORMAT = "ddpm_tutor/1"  # the "format" entry of every checkpoint the package writes (training and exported)
+
+
+def check_format(state: dict, source: str | os.PathLike = "the checkpoint") -> dict:
+    """Return ``state`` if it is a ddpm_tutor checkpoint (its "format" is FORMAT); else a clear ValueError."""
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{source} is not a ddpm_tutor checkpoint: expected format {FORMAT!r}, found {found!r}")
+    return state
+
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(f)`` on a temp file next to ``path``, then rename it to ``path``: a crash or Ctrl-C

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import FORMAT, check_format, load_checkpoint, save_checkpoint
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 PRETRAINED = {"mnist": "mnist_unet.pt"}  # name -> file in CHECKPOINT_DIR
@@ -27,12 +27,10 @@ def export_weights(trainer_checkpoint: str | os.PathLike, out_path: str | os.Pat
                    notes: dict | None = None) -> Path:
     """Keep what sampling needs from a training checkpoint: EMA weights, model spec, schedule, training
     config, step and loss curve (and ``notes``). Drops the raw weights, optimiser and random state."""
-    state = load_checkpoint(trainer_checkpoint)
-    if state.get("format") != "ddpm_tutor/1":
-        raise ValueError(f"{trainer_checkpoint} is not a ddpm_tutor training checkpoint")
+    state = check_format(load_checkpoint(trainer_checkpoint), trainer_checkpoint)
     ema = {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in state["ema"].items()}
     out = {
-        "format": "ddpm_tutor/1",
+        "format": FORMAT,
         "model_spec": state["model_spec"],
         "schedule": state["schedule"],
         "ema": ema,

@@ -17,7 +17,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .budget import default_device
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import FORMAT, check_format, load_checkpoint, save_checkpoint
 from .diffusion import PARAMETERIZATIONS, EpsPredictor
 from .losses import WEIGHTINGS, diffusion_loss
 from .schedules import Schedule
@@ -199,7 +199,7 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {
-            "format": "ddpm_tutor/1",
+            "format": FORMAT,
             "step": self.step,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
@@ -214,8 +214,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("format") != "ddpm_tutor/1":
-            raise ValueError("not a ddpm_tutor training checkpoint (missing format 'ddpm_tutor/1')")
+        check_format(state, "the state to resume from")
         if not torch.equal(state["schedule"]["beta"], self.sched.beta):
             raise ValueError("the checkpoint was trained under a different schedule than the one given")
         self.model.load_state_dict(state["model"])
@@ -258,9 +257,7 @@ def load_model(path: str | Path, *, ema: bool = True, device=None, as_eps: bool 
     :class:`~ddpm_tutor.diffusion.EpsPredictor`, so that it answers with eps_hat like every sampler expects;
     ``as_eps=False`` returns the bare network (its output is then ``state["train_config"]["parameterization"]``).
     """
-    state = load_checkpoint(path)
-    if state.get("format") != "ddpm_tutor/1":
-        raise ValueError(f"{path} is not a ddpm_tutor training checkpoint")
+    state = check_format(load_checkpoint(path), path)
     model = build_model(state["model_spec"])
     if ema:
         prefix = "module."

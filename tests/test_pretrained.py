@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from ddpm_tutor.checkpoint import load_checkpoint
@@ -74,3 +75,17 @@ def test_shipped_mnist_model_is_the_recipe_its_card_names():
     assert meta["train_config"]["p_uncond"] == 0.1 and meta["step"] == recipe["steps"] == len(meta["losses"])
     card = (CHECKPOINT_DIR / "mnist_unet.md").read_text()
     assert f"{meta['step']:,} steps" in card
+
+
+def test_files_of_another_format_are_refused_by_every_loader(tmp_path):
+    from ddpm_tutor.checkpoint import save_checkpoint
+    from ddpm_tutor.models import MLPDenoiser
+    from ddpm_tutor.schedules import Schedule
+    from ddpm_tutor.train import TrainConfig, Trainer, load_model
+    path = save_checkpoint({"format": "someone_else/2", "ema": {}}, tmp_path / "other.pt")
+    for load in (lambda: load_model(path), lambda: export_weights(path, tmp_path / "out.pt"),
+                 lambda: Trainer(MLPDenoiser(), Schedule.linear(10), torch.zeros(4, 2), TrainConfig(steps=1),
+                                 device="cpu").load(path)):
+        with pytest.raises(ValueError, match=r"expected format 'ddpm_tutor/1', found 'someone_else/2'"):
+            load()
+    assert not (tmp_path / "out.pt").exists()  # nothing half-written in its place
