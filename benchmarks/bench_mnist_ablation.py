@@ -48,12 +48,10 @@ def main(argv=None) -> int:
     q = image_quality(real, x_test)
     print("| real training digits | " + " | ".join(f"{q[k]:.4g}" if k in q else "-" for k in axes) + " | - |")
     for path in args.checkpoints:
-        model, sched, state = load_model(path, device="cpu")  # answers with eps whatever it predicts
-        k = model.config.num_classes
+        model, sched, state = load_model(path, device="cpu")  # a Denoiser: answers with eps whatever it predicts
+        k = model.null_label
         y = torch.randint(0, k, (args.n,), generator=torch.Generator().manual_seed(args.seed + 1)) if k else None
-
-        def f(x, t, y=y):
-            return model(x, t) if y is None else model(x, t, y[: x.shape[0]])
+        f = model if y is None else model.with_labels(y)
         g = torch.Generator().manual_seed(args.seed)
         shape = (args.n, 1, 28, 28)
         if args.sampler == "ddpm":
@@ -66,7 +64,7 @@ def main(argv=None) -> int:
             t = torch.full((128,), step)
             eps = torch.randn(x_test[:128].shape, generator=gm)
             x_t = q_sample(sched, x_test[:128], t, eps)
-            out = model(x_t, t) if k is None else model(x_t, t, y_test[:128])
+            out = model(x_t, t) if k is None else model.with_labels(y_test[:128])(x_t, t)
             mse.append(f"{((out - eps) ** 2).mean():.3f}")
         tc = state["train_config"]
         name = (f"{path} ({tc['parameterization']}, {tc['weighting']}, {state['step']} steps, "

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
                                        sample_quality)
     from ddpm_tutor.cli import TRAIN_DEFAULTS
     from ddpm_tutor.data.images import load_mnist
-    from ddpm_tutor.diffusion import EpsPredictor
+    from ddpm_tutor.diffusion import Denoiser
     from ddpm_tutor.models.unet import UNet, UNetConfig
     from ddpm_tutor.samplers import ddim_sample
     from ddpm_tutor.schedules import Schedule
@@ -73,9 +73,8 @@ def main(argv=None) -> int:
         trainer.run(target, progress=False)
         cpu += time.process_time() - c0
         wall += time.perf_counter() - w0
-        ema = EpsPredictor(trainer.ema_model, trainer.sched, cfg.parameterization).eval()  # samplers take eps
-        null = torch.full((args.n,), 10)
-        samples = ddim_sample(lambda a, t: ema(a, t, null), trainer.sched, (args.n, 1, 28, 28),
+        ema = Denoiser(trainer.ema_model, trainer.sched, cfg.parameterization).eval().unconditional()
+        samples = ddim_sample(ema, trainer.sched, (args.n, 1, 28, 28),
                               steps=args.ddim_steps, generator=torch.Generator().manual_seed(2), clip_x0=True)
         q = sample_quality(clf, samples, reference=x_test)
         loss = sum(trainer.losses[-50:]) / len(trainer.losses[-50:])

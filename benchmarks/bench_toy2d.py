@@ -17,7 +17,7 @@ import torch
 
 from ddpm_tutor.cli import TRAIN_DEFAULTS
 from ddpm_tutor.data import toy2d
-from ddpm_tutor.diffusion import EpsPredictor
+from ddpm_tutor.diffusion import Denoiser
 from ddpm_tutor.metrics import compare_to_data
 from ddpm_tutor.models import MLPDenoiser
 from ddpm_tutor.samplers import ddim_sample, ddim_timesteps, ddpm_sample
@@ -46,7 +46,7 @@ def train_to_floor(args) -> list[tuple]:
         t0 = time.perf_counter()
         trainer.run(target, progress=False)
         train_time += time.perf_counter() - t0
-        net = EpsPredictor(trainer.ema_model, sched, cfg.parameterization).eval()
+        net = Denoiser(trainer.ema_model, sched, cfg.parameterization).eval()
         # 5 independent sets of samples x 5 data draws each, as `evaluate` does (one set alone is too noisy)
         with torch.no_grad():
             xs = [ddpm_sample(net, sched, (args.n, 2), generator=torch.Generator().manual_seed(1 + k))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-import torch
+from .device import default_device
 
 BUDGETS = ("ci", "book", "full")
 ENV_VAR = "DDPM_TUTOR_BUDGET"
@@ -27,11 +27,6 @@ def pick(*, ci, book, full=None, budget: str | None = None):
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
     return {"ci": ci, "book": book, "full": book if full is None else full}[budget]
-
-
-def default_device() -> torch.device:
-    """CUDA when present, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def announce(**settings) -> str:

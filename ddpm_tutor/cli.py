@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .budget import default_device
+from .device import default_device
 from .diffusion import PARAMETERIZATIONS
 from .losses import WEIGHTINGS
 from .train import AMP_MODES
@@ -44,7 +44,7 @@ def _toy_setup(args):
     data = toy2d(args.dataset, n_data, torch.Generator().manual_seed(args.seed))
     model = MLPDenoiser(MLPConfig(hidden=args.hidden))
     spec = {"kind": "mlp", "config": model.config_dict(), "data": {"kind": "toy2d", "name": args.dataset}}
-    return data, None, model, spec, None
+    return data, None, model, spec
 
 
 def _mnist_setup(args):
@@ -56,7 +56,7 @@ def _mnist_setup(args):
     cfg = UNetConfig.mnist(num_classes=10 if args.conditional else None)
     model = UNet(cfg)
     spec = {"kind": "unet", "config": cfg.to_dict(), "data": {"kind": "mnist", "n_train": len(x)}}
-    return x, (y if args.conditional else None), model, spec, None
+    return x, (y if args.conditional else None), model, spec
 
 
 TRAIN_DEFAULTS = {  # per data kind: the settings a plain `train` uses (each can be overridden by a flag)
@@ -81,7 +81,7 @@ def cmd_train(args) -> int:
     from .schedules import Schedule
     from .train import TrainConfig, Trainer
     torch.manual_seed(args.seed)
-    data, labels, model, spec, augment = (_toy_setup if args.kind == "toy2d" else _mnist_setup)(args)
+    data, labels, model, spec = (_toy_setup if args.kind == "toy2d" else _mnist_setup)(args)
     over = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "ema_decay", "warmup", "amp", "weighting",
                                         "parameterization")
             if getattr(args, k, None) is not None}
@@ -91,7 +91,7 @@ def cmd_train(args) -> int:
     out = Path(args.out or f"runs/{args.dataset if args.kind == 'toy2d' else args.kind}")
     ckpt = out / "checkpoint.pt"
     trainer = Trainer(model, sched, data, cfg, labels=labels, device=args.device or default_device(),
-                      model_spec=spec, augment=augment)
+                      model_spec=spec)
     if ckpt.exists():
         if not args.resume:
             raise SystemExit(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
@@ -110,15 +110,15 @@ def cmd_train(args) -> int:
 def _draw_samples(model, sched, spec, n, args, device, labels=None, guidance=0.0, seed=None):
     """n samples by args.sampler from seed (default args.seed); labels (n,) make a conditional model draw those
     classes, with CFG scale guidance."""
+    from .checkpoint import model_config, sample_shape
     from .samplers import ddim_sample, ddpm_sample
-    shape = (n, spec["config"]["data_dim"]) if spec["kind"] == "mlp" else \
-        (n, spec["config"]["in_channels"], spec["config"]["image_size"], spec["config"]["image_size"])
+    shape = (n, *sample_shape(spec))
     g = torch.Generator().manual_seed(args.seed if seed is None else seed)
     clip = spec["kind"] == "unet"  # images live in [-1, 1]; 2D toy data does not
     if labels is not None:
         from .guidance import cfg_model
         # scale 0 is the plain conditional model, so guided and unguided draws share this one path
-        model = cfg_model(model, labels.to(device), guidance, null_label=spec["config"]["num_classes"])
+        model = cfg_model(model, labels.to(device), guidance, null_label=model_config(spec).num_classes)
     if args.sampler == "ddpm":
         return ddpm_sample(model, sched, shape, generator=g, device=device, var_type=args.var_type, clip_x0=clip)
     return ddim_sample(model, sched, shape, steps=args.steps, eta=args.eta, generator=g, device=device, clip_x0=clip)
@@ -177,26 +177,17 @@ def _sample_labels(arg, num_classes, n: int, seed: int, checkpoint) -> torch.Ten
     return torch.full((n,), label, dtype=torch.long)
 
 
-def _picture(x, spec, args):
-    """The present picture: data | samples for 2-D models, a grid of (clamped) images otherwise."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    if spec["kind"] == "mlp":
-        from .data import toy2d
-        data = toy2d(spec["data"]["name"], args.n, torch.Generator().manual_seed(args.seed + 1))
-        fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
-        for ax, pts, title in zip(axes, (data, x), (f"data: {spec['data']['name']}", f"samples: {args.sampler}")):
-            ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
-            ax.set_title(title)
-            ax.set_aspect("equal")
-    else:
-        from torchvision.utils import make_grid
-        grid = make_grid((x.clamp(-1, 1) + 1) / 2, nrow=int(args.n ** 0.5))
-        fig, ax = plt.subplots(figsize=(6, 6))
-        ax.imshow(grid.permute(1, 2, 0).numpy())
-        ax.axis("off")
-    fig.tight_layout()
+def _scatter_figure(x, spec, args):
+    """2-D samples next to fresh data: data | samples."""
+    from matplotlib.figure import Figure  # no pyplot: nothing global changes, no backend is needed
+    from .data import toy2d
+    data = toy2d(spec["data"]["name"], args.n, torch.Generator().manual_seed(args.seed + 1))
+    fig = Figure(figsize=(8, 4), layout="tight")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    for ax, pts, title in zip(axes, (data, x), (f"data: {spec['data']['name']}", f"samples: {args.sampler}")):
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
+        ax.set_title(title)
+        ax.set_aspect("equal")
     return fig
 
 
@@ -208,9 +199,13 @@ def _write_samples(out: Path, x, labels, meta: dict, spec, args) -> None:
         write_atomic(out, lambda f: np.save(f, x.numpy(), allow_pickle=False))
     elif suffix == ".pt":
         write_atomic(out, lambda f: torch.save({"samples": x, "labels": labels, "meta": meta}, f))
-    else:
-        fig = _picture(x, spec, args)
+    elif spec["kind"] == "mlp":
+        fig = _scatter_figure(x, spec, args)
         write_atomic(out, lambda f: fig.savefig(f, format="png", dpi=120))
+    else:  # images in [-1, 1] as one grid; save_image maps [-1, 1] to [0, 255], clamping
+        from torchvision.utils import save_image
+        write_atomic(out, lambda f: save_image(x, f, format="png", nrow=max(1, int(args.n ** 0.5)), normalize=True,
+                                               value_range=(-1, 1)))
 
 
 def _describe(args, sched, labels, num_classes) -> str:
@@ -223,7 +218,7 @@ def _describe(args, sched, labels, num_classes) -> str:
 
 
 def cmd_sample(args) -> int:
-    from .train import load_model
+    from .checkpoint import load_model, model_config
     _check_sample_flags(args)
     device = torch.device(args.device) if args.device else default_device()
     model, sched, state = load_model(args.checkpoint, device=device)
@@ -231,7 +226,7 @@ def cmd_sample(args) -> int:
     if spec["kind"] == "mlp":
         _one_thread_for_small_models()
     _fill_sample_defaults(args, spec["kind"], sched.T)
-    num_classes = spec["config"].get("num_classes")
+    num_classes = model_config(spec).num_classes
     labels = _sample_labels(args.labels, num_classes, args.n, args.seed, args.checkpoint)
     if args.guidance > 0 and labels is None:
         raise SystemExit(f"--guidance needs a class-conditional model, but {args.checkpoint} is unconditional")
@@ -249,7 +244,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .train import load_model
+    from .checkpoint import load_model
     for flag in ("n", "sets", "references"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise SystemExit(f"--{flag} must be at least 1, got {getattr(args, flag)}")

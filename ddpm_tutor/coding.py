@@ -10,6 +10,10 @@ average, so after receiving x_t the receiver has paid
 and can already guess x_0 by x0_hat(x_t) = (x_t - sqrt(1 - bar alpha_t) eps_theta(x_t, t)) / sqrt(bar alpha_t)
 (eq. 15), at distortion RMSE(t) = sqrt(||x_0 - x0_hat||^2 / D). All rates are in bits per dimension.
 
+Progressive generation (Figure 7: copies of one x_t finished with fresh noise) is the ancestral sampler started
+at step t, ``samplers.ddpm_sample(model, sched, x_t.shape, x_T=x_t, t_start=t)``; the exact distortion of
+Gaussian-mixture data is ``data.mixtures.mixture_posterior_x0_cov``.
+
 Time indices follow :mod:`ddpm_tutor.schedules`: array entry i (0..T-1) belongs to the paper's step i+1,
 i.e. to the moment the receiver holds x_{i+1}.
 """
@@ -20,10 +24,8 @@ from typing import Callable
 
 import torch
 
-from .data.mixtures import GaussianMixture
-from .diffusion import Parameterization, VarType, p_mean_variance, q_mean_variance, q_posterior
+from .diffusion import VarType, as_denoiser, p_mean_variance, q_mean_variance, q_posterior
 from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl, prior_bpd
-from .samplers import ddpm_step
 from .schedules import Schedule
 
 Tensor = torch.Tensor
@@ -36,13 +38,12 @@ def _noise(shape, generator, dtype) -> Tensor:
 
 @torch.no_grad()
 def rate_distortion(model: Callable[..., Tensor], sched: Schedule, x0: Tensor, generator: torch.Generator | None = None,
-                    *, parameterization: Parameterization = "eps", var_type: VarType = "fixed_small",
-                    discrete_decoder: bool = False, model_kwargs: dict | None = None) -> dict:
+                    *, var_type: VarType = "fixed_small", discrete_decoder: bool = False) -> dict:
     """Run Algorithm 3 of Ho et al. 2020 on a batch x0 (B, ...) and measure rate and distortion at every step.
 
     The sender's chain is drawn top-down as in the algorithm: x_T ~ q(x_T | x_0), then
     x_{t-1} ~ q(x_{t-1} | x_t, x_0) (the same joint law as running the forward chain). At each x_t the KL
-    term and the receiver's x0_hat are evaluated on that one trajectory.
+    term and the receiver's x0_hat are evaluated on that one trajectory. ``model``: a Denoiser or an eps model.
 
     Returns a dict (rates in bits per dimension; arrays over steps indexed i = 0..T-1 = the paper's t = i+1):
 
@@ -65,8 +66,7 @@ def rate_distortion(model: Callable[..., Tensor], sched: Schedule, x0: Tensor, g
         raise ValueError("x0 must be finite, got NaN or inf")
     B, T = x0.shape[0], sched.T
     dims = x0[0].numel()
-    kw = model_kwargs or {}
-    fn = (lambda a, b: model(a, b, **kw)) if kw else model
+    den = as_denoiser(model, sched)
     kl = torch.zeros(B, T, dtype=torch.float64)
     mse = torch.zeros(B, T, dtype=torch.float64)
     l0 = None
@@ -76,7 +76,7 @@ def rate_distortion(model: Callable[..., Tensor], sched: Schedule, x0: Tensor, g
     x = mean_T + var_T.sqrt() * _noise(x0.shape, generator, x0.dtype).to(x0.device)
     for i in range(T - 1, -1, -1):
         t = torch.full((B,), i, dtype=torch.long, device=x0.device)
-        p = p_mean_variance(fn, sched, x, t, parameterization=parameterization, var_type=var_type)
+        p = p_mean_variance(den, sched, x, t, var_type=var_type)
         mse[:, i] = mean_flat((p["x0_hat"] - x0) ** 2).double().cpu()
         if i >= 1:
             mu_tilde, beta_tilde, log_bt = q_posterior(sched, x0, x, t)
@@ -103,55 +103,3 @@ def rate_distortion(model: Callable[..., Tensor], sched: Schedule, x0: Tensor, g
         "l0": l0,
         "dims": dims,
     }
-
-
-# --- progressive generation ----------------------------------------------------------------------
-@torch.no_grad()
-def continue_from(model: Callable[[Tensor, Tensor], Tensor], sched: Schedule, x_t: Tensor, t_start: int,
-                  generator: torch.Generator | None = None, *, parameterization: Parameterization = "eps",
-                  var_type: VarType = "fixed_small") -> Tensor:
-    """Finish the ancestral sampler from x_t held at step index ``t_start`` (the paper's t_start + 1) down to x_0.
-
-    Ho et al. 2020, Figure 7: copies of one x_t continued with fresh noise share more of their content
-    the smaller t is. ``x_t`` (B, ...); returns x_0 (B, ...).
-    """
-    if not 0 <= int(t_start) < sched.T:
-        raise ValueError(f"t_start must be a step index in 0..{sched.T - 1}, got {t_start!r}")
-    x = x_t
-    for i in range(int(t_start), -1, -1):
-        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-        z = _noise(x.shape, generator, x.dtype).to(x.device) if i > 0 else torch.zeros_like(x)
-        x, _ = ddpm_step(sched, x, t, model(x, t), z, parameterization=parameterization, var_type=var_type)
-    return x
-
-
-# --- closed forms for Gaussian-mixture data ---------------------------------------------------------
-def mixture_posterior_x0_cov(mixture: GaussianMixture, x_t: Tensor, alpha_bar: float) -> tuple[Tensor, Tensor]:
-    """Exact E[x_0 | x_t] (n, D) and Cov[x_0 | x_t] (n, D, D) for mixture data, by Gaussian conditioning.
-
-    Per component k (a = bar alpha_t, G_k = a S_k + (1 - a) I):
-    E[x_0 | x_t, k] = m_k + sqrt(a) S_k G_k^{-1} (x_t - sqrt(a) m_k),  Cov[x_0 | x_t, k] = S_k - a S_k G_k^{-1} S_k,
-    mixed with the responsibilities r_k(x_t) (law of total covariance).
-    """
-    a = float(alpha_bar)
-    x_t = torch.as_tensor(x_t, dtype=torch.float64)
-    diffused = mixture.diffused(a)
-    r = diffused.responsibilities(x_t)  # (n, K)
-    S, G = mixture.covs, diffused.covs
-    resid = x_t[:, None, :] - a ** 0.5 * mixture.means[None]
-    gain = torch.linalg.solve(G[None], resid[..., None])[..., 0]
-    mk = mixture.means[None] + a ** 0.5 * (S[None] @ gain[..., None])[..., 0]  # (n, K, D)
-    ck = S - a * S @ torch.linalg.solve(G, S)  # (K, D, D)
-    mean = (r[..., None] * mk).sum(dim=1)
-    second = (r[..., None, None] * (ck[None] + mk[..., :, None] * mk[..., None, :])).sum(dim=1)
-    return mean, second - mean[:, :, None] * mean[:, None, :]
-
-
-def gaussian_posterior_std(alpha_bar, data_var: float) -> Tensor:
-    """sqrt(Var[x_0 | x_t]) for scalar Gaussian data x_0 ~ N(m, s^2): sqrt(s^2 (1 - a) / (a s^2 + 1 - a)).
-
-    It does not depend on x_t: for the exact model it is the distortion RMSE at every step.
-    """
-    a = torch.as_tensor(alpha_bar, dtype=torch.float64)
-    s2 = float(data_var)
-    return (s2 * (1 - a) / (a * s2 + 1 - a)).sqrt()

@@ -1,5 +1,8 @@
 """The forward process, its posterior, and the model's reverse step.
 
+A network is wrapped once, with what it predicts, its schedule and its labels, in a :class:`Denoiser`: the
+samplers, the losses and the bound take it (or a plain eps model(x_t, t), which they wrap as one).
+
 Every function takes a :class:`~ddpm_tutor.schedules.Schedule` and integer step
 indices ``t`` of shape (B,) in 0..T-1 (index t is the paper's step t+1).
 Data ``x`` has shape (B, ...), any number of trailing dimensions.
@@ -150,44 +153,175 @@ def reverse_variance(sched: Schedule, t: Tensor, x: Tensor, var_type: VarType) -
     raise ValueError(f"var_type must be one of {VAR_TYPES}, got {var_type!r}")
 
 
-def p_mean_variance(model: Callable[[Tensor, Tensor], Tensor], sched: Schedule, x_t: Tensor, t: Tensor, *,
-                    parameterization: Parameterization = "eps", var_type: VarType = "fixed_small",
-                    clip_x0: bool = False, model_out: Tensor | None = None) -> dict[str, Tensor]:
-    """The reverse step p(x_{t-1} | x_t) = N(mean, variance I) made from the model's prediction.
+def expand_labels(y, B: int, device) -> Tensor:
+    """Class labels for a batch of B: one label (an int or a 0-d tensor) for every row, or a (B,) tensor."""
+    y = torch.as_tensor(y, device=device)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"labels y must be integers, got dtype {y.dtype}")
+    if y.ndim == 0:
+        y = y.expand(B)
+    if y.shape != (B,):
+        raise ValueError(f"y must be one label or a tensor of shape ({B},), got shape {tuple(y.shape)}")
+    return y.long()
 
-    mean = mu_tilde(x_t, x0_hat) (Ho et al. 2020, eq. 7 and 11). With ``clip_x0`` the predicted
-    x_0 is clipped to [-1, 1] before it enters the mean, as the paper's sampler does.
-    Returns a dict with mean, variance, log_variance, x0_hat, eps_hat, model_out.
+
+def expand_steps(t, B: int, device) -> Tensor:
+    """Step indices for a batch of B: one index for every row, or a (B,) tensor."""
+    t = torch.as_tensor(t, device=device)
+    if t.ndim == 0:
+        t = t.expand(B)
+    if t.shape != (B,):
+        raise ValueError(f"t must be one step index or a tensor of shape ({B},), got shape {tuple(t.shape)}")
+    return t.long()
+
+
+_NULL = object()  # the labels of Denoiser.unconditional(): the null label, repeated to the batch size
+
+
+class Denoiser(torch.nn.Module):
+    """A network with its parameterisation, schedule and labels, answering eps_hat, x0_hat and the score.
+
+    ``net(x_t, t)`` (or ``net(x_t, t, y)`` once labels are fixed) outputs eps, x0, v or the score, as
+    ``parameterization`` says; :func:`to_x0_eps` converts it exactly. Calling the Denoiser returns eps_hat, so it
+    is a plain eps model ``model(x_t, t)`` too. ``null_label`` is the "no label" class of a class-conditional
+    network trained with label dropout (Ho & Salimans 2022); by default the network's ``config.num_classes``
+    (our MLP and U-Net reserve that label), None for an unconditional network. x_t: (B, ...), t: (B,).
     """
-    _check_batch(x_t, t)
-    if model_out is None:
-        model_out = model(x_t, t)
-    x0_hat, eps_hat = to_x0_eps(sched, x_t, t, model_out, parameterization)
+
+    def __init__(self, net: Callable[..., Tensor], sched: Schedule, parameterization: Parameterization = "eps", *,
+                 null_label: int | None = None):
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+        if isinstance(net, Denoiser):
+            raise ValueError("net is already a Denoiser: use it as it is (or its .net)")
+        if not callable(net):
+            raise ValueError(f"net must be a callable net(x_t, t) -> prediction, got {type(net).__name__}")
+        if not isinstance(sched, Schedule):
+            raise ValueError(f"sched must be a Schedule, got {type(sched).__name__}")
+        classes = getattr(getattr(net, "config", None), "num_classes", None)
+        if null_label is None:
+            null_label = classes
+        elif classes is not None and int(null_label) != classes:
+            raise ValueError(f"the network reserves label {classes} for 'no label', got null_label={null_label}")
+        self.net, self.sched, self.parameterization = net, sched, parameterization
+        self.null_label = None if null_label is None else int(null_label)
+        self.y = None  # fixed labels passed to the network: None, _NULL or a label tensor
+
+    @property
+    def config(self):
+        """The network's config (what rebuilds it)."""
+        return self.net.config
+
+    def _labelled(self, y) -> "Denoiser":
+        if self.null_label is None:
+            raise ValueError("this Denoiser's network is unconditional (null_label=None): it takes no labels")
+        out = Denoiser(self.net, self.sched, self.parameterization, null_label=self.null_label)
+        out.y = y
+        return out
+
+    def with_labels(self, y) -> "Denoiser":
+        """The same network asked for class y: one label, or (B,) labels for a batch of B."""
+        if y is None:
+            raise ValueError("with_labels needs labels; use unconditional() for the null label")
+        y = torch.as_tensor(y)
+        if y.ndim > 1:
+            raise ValueError(f"y must be one label or a tensor of shape (B,), got shape {tuple(y.shape)}")
+        return self._labelled(y)
+
+    def unconditional(self) -> "Denoiser":
+        """The same network asked for no class (the null label); an unconditional network as it is."""
+        return self if self.null_label is None else self._labelled(_NULL)
+
+    def model_out(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The network's raw output (B, ...), in its own parameterisation."""
+        if self.y is None:
+            return self.net(x_t, t)
+        B = x_t.shape[0]
+        y = (torch.full((B,), self.null_label, dtype=torch.long, device=x_t.device) if self.y is _NULL
+             else expand_labels(self.y, B, x_t.device))
+        return self.net(x_t, t, y)
+
+    def predict(self, x_t: Tensor, t: Tensor, model_out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(x0_hat, eps_hat), each (B, ...), from the network's output (computed unless ``model_out`` is given)."""
+        out = self.model_out(x_t, t) if model_out is None else model_out
+        return to_x0_eps(self.sched, x_t, t, out, self.parameterization)
+
+    def eps_hat(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """eps_hat(x_t, t) (B, ...): the network's noise prediction (Ho et al. 2020, eq. 11)."""
+        out = self.model_out(x_t, t)
+        if self.parameterization != "eps":
+            return self.predict(x_t, t, out)[1]
+        if out.shape != x_t.shape:
+            raise ValueError(f"model output must have the shape of x_t {tuple(x_t.shape)}, got {tuple(out.shape)}")
+        return out
+
+    def x0_hat(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """x0_hat(x_t, t) (B, ...) = (x_t - sqrt(1 - bar alpha_t) eps_hat) / sqrt(bar alpha_t) (Ho et al., eq. 15)."""
+        return self.predict(x_t, t)[0]
+
+    def score(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """score_hat(x_t, t) (B, ...) = -eps_hat / sqrt(1 - bar alpha_t) (Luo 2022, eq. 151)."""
+        out = self.model_out(x_t, t)
+        if self.parameterization == "score":
+            return out
+        return score_from_eps(self.sched, x_t, t, self.predict(x_t, t, out)[1])
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.eps_hat(x_t, t)
+
+    def extra_repr(self) -> str:
+        labels = "none" if self.y is None else "null" if self.y is _NULL else f"y of shape {tuple(self.y.shape)}"
+        return f"parameterization={self.parameterization!r}, null_label={self.null_label}, labels={labels}"
+
+
+def as_denoiser(model: Callable[..., Tensor], sched: Schedule) -> Denoiser:
+    """``model`` as a Denoiser: itself if it is one (its schedule must be ``sched``), else an eps model(x_t, t)."""
+    if isinstance(model, Denoiser):
+        if model.sched is not sched and (model.sched.T != sched.T
+                                         or not torch.equal(model.sched.alpha_bar, sched.alpha_bar)):
+            raise ValueError(f"the Denoiser was built for the schedule {model.sched.name!r} (T={model.sched.T}), "
+                             f"not the one given, {sched.name!r} (T={sched.T})")
+        return model
+    return Denoiser(model, sched, "eps")
+
+
+def p_from_prediction(sched: Schedule, x_t: Tensor, t: Tensor, x0_hat: Tensor, eps_hat: Tensor, *,
+                      var_type: VarType = "fixed_small", clip_x0: bool = False) -> dict[str, Tensor]:
+    """The reverse step p(x_{t-1} | x_t) = N(mu_tilde(x_t, x0_hat), sigma_t^2 I) from a prediction (x0_hat, eps_hat).
+
+    Ho et al. 2020, eq. 7 and 11. With ``clip_x0`` x0_hat is clipped to [-1, 1] before it enters the mean (and
+    eps_hat recomputed from it), as the paper's sampler does. Returns a dict with mean, variance, log_variance,
+    x0_hat, eps_hat.
+    """
     if clip_x0:
         x0_hat = x0_hat.clamp(-1.0, 1.0)
         eps_hat = eps_from_x0(sched, x_t, t, x0_hat)
     mean, _, _ = q_posterior(sched, x0_hat, x_t, t)
     var, log_var = reverse_variance(sched, t, x_t, var_type)
-    return {"mean": mean, "variance": var, "log_variance": log_var, "x0_hat": x0_hat,
-            "eps_hat": eps_hat, "model_out": model_out}
+    return {"mean": mean, "variance": var, "log_variance": log_var, "x0_hat": x0_hat, "eps_hat": eps_hat}
 
 
-class EpsPredictor(torch.nn.Module):
-    """A network trained in any parameterisation, answering with eps_hat: (x_t, t, ...) -> eps_hat.
+def p_mean_variance(model: Callable[..., Tensor] | None, sched: Schedule, x_t: Tensor, t: Tensor, *,
+                    var_type: VarType = "fixed_small", clip_x0: bool = False,
+                    model_out: Tensor | None = None) -> dict[str, Tensor]:
+    """The reverse step p(x_{t-1} | x_t) = N(mean, variance I) made from the model's prediction.
 
-    Samplers, the bound and guidance are written for eps predictions (Ho et al. 2020, eq. 11); a network
-    that predicts v or x0 (say) is converted exactly by :func:`to_x0_eps`. ``config`` is the network's.
+    ``model``: a :class:`Denoiser` or a plain eps model(x_t, t); ``model_out``, if given, is its output at (x_t, t)
+    (with ``model=None``: eps_hat). mean = mu_tilde(x_t, x0_hat) (Ho et al. 2020, eq. 7 and 11); see
+    :func:`p_from_prediction` for ``clip_x0``. Returns a dict with mean, variance, log_variance, x0_hat, eps_hat,
+    model_out.
     """
-
-    def __init__(self, net: torch.nn.Module, sched: Schedule, parameterization: Parameterization):
-        super().__init__()
-        if parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
-        self.net, self.sched, self.parameterization = net, sched, parameterization
-
-    @property
-    def config(self):
-        return self.net.config
-
-    def forward(self, x_t: Tensor, t: Tensor, *args, **kwargs) -> Tensor:
-        return to_x0_eps(self.sched, x_t, t, self.net(x_t, t, *args, **kwargs), self.parameterization)[1]
+    _check_batch(x_t, t)
+    if model is None:
+        if model_out is None:
+            raise ValueError("p_mean_variance needs a model or its output model_out")
+        x0_hat, eps_hat = to_x0_eps(sched, x_t, t, model_out, "eps")
+    else:
+        den = as_denoiser(model, sched)
+        if model_out is None:
+            model_out = den.model_out(x_t, t)
+        x0_hat, eps_hat = den.predict(x_t, t, model_out)
+    p = p_from_prediction(sched, x_t, t, x0_hat, eps_hat, var_type=var_type, clip_x0=clip_x0)
+    p["model_out"] = model_out
+    return p

@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from .diffusion import Parameterization, VarType, p_mean_variance, q_posterior, q_sample, reverse_variance
+from .diffusion import VarType, as_denoiser, p_mean_variance, q_posterior, q_sample, reverse_variance
 from .losses import normal_kl
 from .schedules import Schedule
 
@@ -191,9 +191,11 @@ def exact_log_likelihood(x0: Tensor, m: float, s: float) -> Tensor:
 
 @torch.no_grad()
 def continuous_elbo_terms(model: Callable[[Tensor, Tensor], Tensor], sched: Schedule, x0: Tensor, *,
-                          generator: torch.Generator | None = None, parameterization: Parameterization = "eps",
-                          var_type: VarType = "fixed_small", steps=None) -> dict[str, Tensor]:
+                          generator: torch.Generator | None = None, var_type: VarType = "fixed_small",
+                          steps=None) -> dict[str, Tensor]:
     """Monte Carlo bound terms (nats) for continuous data, from the library's own pieces.
+
+    ``model``: a :class:`~ddpm_tutor.diffusion.Denoiser` or a plain eps model(x_t, t).
 
     For each requested step index i (paper's t = i + 1) one x_t ~ q(x_t | x_0) is drawn per example, and
     * i = 0:  L_0 = -log N(x_0; mu_theta(x_1, 1), sigma_1^2), the continuous Gaussian decoder, with mean and
@@ -218,6 +220,7 @@ def continuous_elbo_terms(model: Callable[[Tensor, Tensor], Tensor], sched: Sche
     if not idx or idx[0] < 0 or idx[-1] > T - 1:
         raise ValueError(f"steps must be step indices in 0..{T - 1}, got {steps!r}")
     dims = tuple(range(1, x0.ndim))
+    den = as_denoiser(model, sched)
 
     def flat_sum(v: Tensor) -> Tensor:
         return v.sum(dim=dims) if dims else v
@@ -227,7 +230,7 @@ def continuous_elbo_terms(model: Callable[[Tensor, Tensor], Tensor], sched: Sche
         t = torch.full((B,), i, dtype=torch.long, device=x0.device)
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         x_t = q_sample(sched, x0, t, eps)
-        p = p_mean_variance(model, sched, x_t, t, parameterization=parameterization, var_type=var_type)
+        p = p_mean_variance(den, sched, x_t, t, var_type=var_type)
         if i == 0:
             val = -gaussian_log_likelihood(x0, p["mean"], p["log_variance"])
         else:

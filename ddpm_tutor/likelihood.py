@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from .diffusion import q_sample
+from .diffusion import as_denoiser, q_sample
 from .losses import check_image_range, prior_bpd, vlb_term_bpd
 from .schedules import Schedule
 
@@ -23,25 +23,27 @@ Tensor = torch.Tensor
 @torch.no_grad()
 def vlb_terms(model, sched: Schedule, x0: Tensor, *, ts: Sequence[int] | None = None,
               var_types: Sequence[str] = ("fixed_small", "fixed_large"), generator: torch.Generator | None = None,
-              clip_x0: bool = False, model_kwargs: dict | None = None) -> dict:
+              clip_x0: bool = False) -> dict:
     """Bits/dim of the bound's terms L_{t} at step indices ``ts`` (default all T) for each variance choice.
 
-    Returns {"ts": (k,) long, "prior": (B,), var_type: (B, k) float64 for each var_type}. The noise for each
-    step is drawn once from ``generator`` and shared by all variance choices (a paired comparison).
+    ``model``: a :class:`~ddpm_tutor.diffusion.Denoiser` (labels fixed by ``with_labels`` or ``unconditional``)
+    or a plain eps model. Returns {"ts": (k,) long, "prior": (B,), var_type: (B, k) float64 for each var_type}.
+    The noise for each step is drawn once from ``generator`` and shared by all variance choices (a paired
+    comparison).
     """
     check_image_range(x0)
     B = x0.shape[0]
     ts = torch.arange(sched.T) if ts is None else torch.as_tensor(list(ts), dtype=torch.long)
-    kw = model_kwargs or {}
+    den = as_denoiser(model, sched)
     out = {v: torch.empty(B, len(ts), dtype=torch.float64) for v in var_types}
     for j, step in enumerate(ts.tolist()):
         t = torch.full((B,), step, dtype=torch.long, device=x0.device)
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         x_t = q_sample(sched, x0, t, eps)
-        pred = model(x_t, t, **kw)
+        pred = den.model_out(x_t, t)
         for v in var_types:
-            out[v][:, j] = vlb_term_bpd(lambda a, b: pred, sched, x0, x_t, t, var_type=v,
-                                        clip_x0=clip_x0)["bpd"].double().cpu()
+            out[v][:, j] = vlb_term_bpd(den, sched, x0, x_t, t, var_type=v, clip_x0=clip_x0,
+                                        model_out=pred)["bpd"].double().cpu()
     out["ts"] = ts
     out["prior"] = prior_bpd(sched, x0).double().cpu()
     return out

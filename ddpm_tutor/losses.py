@@ -10,8 +10,8 @@ from typing import Callable, Literal
 
 import torch
 
-from .diffusion import (Parameterization, VarType, p_mean_variance, q_mean_variance, q_posterior,
-                        q_sample, reverse_variance, target_for, to_x0_eps)
+from .diffusion import (VarType, as_denoiser, p_mean_variance, q_mean_variance, q_posterior, q_sample,
+                        reverse_variance, target_for)
 from .schedules import Schedule
 
 Tensor = torch.Tensor
@@ -57,15 +57,15 @@ def eps_weight(sched: Schedule, t: Tensor, x: Tensor, weighting: Weighting, var_
 
 
 def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], sched: Schedule, x0: Tensor, *,
-                   generator: torch.Generator | None = None, parameterization: Parameterization = "eps",
-                   weighting: Weighting = "simple", t: Tensor | None = None, eps: Tensor | None = None,
-                   model_kwargs: dict | None = None) -> Tensor:
+                   generator: torch.Generator | None = None, weighting: Weighting = "simple",
+                   t: Tensor | None = None, eps: Tensor | None = None) -> Tensor:
     """Per-example training loss at a random step (B,): Algorithm 1 of Ho et al. 2020, generalised.
 
-    With weighting "simple" and any parameterisation the loss is the plain mean squared error of
-    the network's own target (eps, x0, v or score). Other weightings are stated on the eps error
-    ||eps - eps_hat||^2, whatever the network predicts, so that the same weighting means the same
-    objective for every parameterisation (Turner et al. 2024, sec. 3 and 5).
+    ``model``: a :class:`~ddpm_tutor.diffusion.Denoiser` (its parameterisation says what the network predicts;
+    labels fixed by ``with_labels``) or a plain eps model. With weighting "simple" and any parameterisation the
+    loss is the plain mean squared error of the network's own target (eps, x0, v or score). Other weightings
+    are stated on the eps error ||eps - eps_hat||^2, whatever the network predicts, so that the same weighting
+    means the same objective for every parameterisation (Turner et al. 2024, sec. 3 and 5).
     """
     if not isinstance(x0, Tensor) or x0.ndim < 2:
         raise ValueError(f"x0 must be a batch of shape (B, D, ...), got {getattr(x0, 'shape', type(x0))}")
@@ -74,18 +74,19 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], sched: Schedule, x
         t = sample_t(B, sched.T, generator, x0.device)
     if eps is None:
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    den = as_denoiser(model, sched)
     x_t = q_sample(sched, x0, t, eps)
-    out = model(x_t, t, **(model_kwargs or {}))
+    out = den.model_out(x_t, t)
     if weighting == "simple":
-        return mean_flat((out - target_for(sched, x0, t, eps, parameterization)) ** 2)
-    _, eps_hat = to_x0_eps(sched, x_t, t, out, parameterization)
+        return mean_flat((out - target_for(sched, x0, t, eps, den.parameterization)) ** 2)
+    _, eps_hat = den.predict(x_t, t, out)
     w = eps_weight(sched, t, x0, weighting)
     return mean_flat(w * (eps - eps_hat) ** 2)
 
 
 def l_simple(model, sched: Schedule, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """L_simple = E_{t, eps} ||eps - eps_theta(x_t, t)||^2, mean over pixels (Ho et al. 2020, eq. 14). Returns (B,)."""
-    return diffusion_loss(model, sched, x0, generator=generator, parameterization="eps", weighting="simple")
+    return diffusion_loss(model, sched, x0, generator=generator, weighting="simple")
 
 
 # --- the variational bound --------------------------------------------------------------------
@@ -137,16 +138,14 @@ def prior_bpd(sched: Schedule, x0: Tensor) -> Tensor:
     return mean_flat(kl) / math.log(2.0)
 
 
-def vlb_term_bpd(model, sched: Schedule, x0: Tensor, x_t: Tensor, t: Tensor, *,
-                 parameterization: Parameterization = "eps", var_type: VarType = "fixed_small",
-                 clip_x0: bool = False, model_kwargs: dict | None = None) -> dict[str, Tensor]:
+def vlb_term_bpd(model, sched: Schedule, x0: Tensor, x_t: Tensor, t: Tensor, *, var_type: VarType = "fixed_small",
+                 clip_x0: bool = False, model_out: Tensor | None = None) -> dict[str, Tensor]:
     """One term of the bound in bits/dim (B,): L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0,
     and L_0 = -log p(x_0 | x_1) under the discretised decoder where t == 0 (Ho et al. 2020, eq. 5, 13).
-    Also returns the model's x0_hat and eps_hat.
+    ``model``: a Denoiser or an eps model; ``model_out``, if given, its output at (x_t, t). Also returns the
+    model's x0_hat and eps_hat.
     """
-    kw = model_kwargs or {}
-    p = p_mean_variance(lambda a, b: model(a, b, **kw), sched, x_t, t,
-                        parameterization=parameterization, var_type=var_type, clip_x0=clip_x0)
+    p = p_mean_variance(model, sched, x_t, t, var_type=var_type, clip_x0=clip_x0, model_out=model_out)
     mu_tilde, _, log_bt = q_posterior(sched, x0, x_t, t)
     bpd = mean_flat(normal_kl(mu_tilde, log_bt, p["mean"], p["log_variance"])) / math.log(2.0)
     first = t == 0
@@ -159,17 +158,19 @@ def vlb_term_bpd(model, sched: Schedule, x0: Tensor, x_t: Tensor, t: Tensor, *,
 
 
 @torch.no_grad()
-def bits_per_dim(model, sched: Schedule, x0: Tensor, *, parameterization: Parameterization = "eps",
-                 var_type: VarType = "fixed_small", clip_x0: bool = False, n_terms: int | None = None,
-                 generator: torch.Generator | None = None, model_kwargs: dict | None = None) -> dict[str, Tensor]:
+def bits_per_dim(model, sched: Schedule, x0: Tensor, *, var_type: VarType = "fixed_small", clip_x0: bool = False,
+                 n_terms: int | None = None, generator: torch.Generator | None = None) -> dict[str, Tensor]:
     """The negative variational bound -ELBO of x0 in bits per dimension (Ho et al. 2020, eq. 5, Table 2).
 
-    ``n_terms=None`` sums all T terms exactly (one forward pass each); an integer k computes L_0 exactly
-    and estimates the sum of the other T-1 terms by k-1 uniformly drawn steps times (T-1)/(k-1) (unbiased).
+    ``model``: a :class:`~ddpm_tutor.diffusion.Denoiser` (labels fixed by ``with_labels`` or ``unconditional``)
+    or a plain eps model. ``n_terms=None`` sums all T terms exactly (one forward pass each); an integer k
+    computes L_0 exactly and estimates the sum of the other T-1 terms by k-1 uniformly drawn steps times
+    (T-1)/(k-1) (unbiased).
     x0: data on 256 levels in [-1, 1], (B, ...). Returns dict with total (B,), prior (B,), terms (B, T)
     (NaN where a term was not drawn) and n_terms.
     """
     check_image_range(x0)
+    den = as_denoiser(model, sched)
     B, T = x0.shape[0], sched.T
     if n_terms is None:
         ts = torch.arange(T)
@@ -186,8 +187,7 @@ def bits_per_dim(model, sched: Schedule, x0: Tensor, *, parameterization: Parame
         t = torch.full((B,), step, dtype=torch.long, device=x0.device)
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         x_t = q_sample(sched, x0, t, eps)
-        terms[:, step] = vlb_term_bpd(model, sched, x0, x_t, t, parameterization=parameterization,
-                                      var_type=var_type, clip_x0=clip_x0, model_kwargs=model_kwargs)["bpd"].double().cpu()
+        terms[:, step] = vlb_term_bpd(den, sched, x0, x_t, t, var_type=var_type, clip_x0=clip_x0)["bpd"].double().cpu()
     prior = prior_bpd(sched, x0).double().cpu()
     if len(ts) == T:
         total = prior + terms.sum(dim=1)

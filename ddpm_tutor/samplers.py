@@ -1,5 +1,8 @@
 """Samplers: ancestral DDPM and DDIM, as plain functions of a model, a schedule and a torch.Generator.
 
+The model is a :class:`~ddpm_tutor.diffusion.Denoiser` (which knows what its network predicts and which labels
+it passes) or a plain eps model(x_t, t).
+
 Each sampler has a ``*_steps`` generator that yields every intermediate state (for players and
 plots) and a wrapper that returns the final sample. A step function (``ddpm_step``, ``ddim_step``)
 does one update given the network output and the noise, so it can be checked against other code.
@@ -12,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .diffusion import Parameterization, VarType, p_mean_variance, to_x0_eps
+from .diffusion import Parameterization, VarType, as_denoiser, p_from_prediction, to_x0_eps
 from .schedules import Schedule, check_t
 
 Tensor = torch.Tensor
@@ -51,38 +54,55 @@ def _t_batch(step: int, B: int, device) -> Tensor:
     return torch.full((B,), step, dtype=torch.long, device=device)
 
 
+def _check_x_T(x_T: Tensor | None, shape: Sequence[int]) -> None:
+    if x_T is not None and tuple(x_T.shape) != tuple(shape):
+        raise ValueError(f"x_T must have the shape {tuple(shape)}, got {tuple(x_T.shape)}")
+
+
 def ddpm_step(sched: Schedule, x_t: Tensor, t: Tensor, model_out: Tensor, noise: Tensor, *,
               parameterization: Parameterization = "eps", var_type: VarType = "fixed_small",
               clip_x0: bool = False) -> tuple[Tensor, Tensor]:
     """One ancestral step x_{t-1} = mu_theta(x_t, t) + sigma_t z, with no noise at the last step (t = 0).
 
-    Ho et al. 2020, Algorithm 2, line 4. Returns (x_{t-1}, x0_hat).
+    Ho et al. 2020, Algorithm 2, line 4. ``model_out`` is the network's output at (x_t, t), which predicts
+    ``parameterization`` (eps_hat by default). Returns (x_{t-1}, x0_hat).
     """
-    p = p_mean_variance(None, sched, x_t, t, parameterization=parameterization, var_type=var_type,
-                        clip_x0=clip_x0, model_out=model_out)
+    x0_hat, eps_hat = to_x0_eps(sched, x_t, t, model_out, parameterization)
+    p = p_from_prediction(sched, x_t, t, x0_hat, eps_hat, var_type=var_type, clip_x0=clip_x0)
     nonzero = (t != 0).to(x_t.dtype).reshape((-1,) + (1,) * (x_t.ndim - 1))
     return p["mean"] + nonzero * p["variance"].sqrt() * noise, p["x0_hat"]
 
 
 def ddpm_steps(model: Model, sched: Schedule, shape: Sequence[int], *, generator: torch.Generator | None = None,
-               device=None, parameterization: Parameterization = "eps", var_type: VarType = "fixed_small",
-               clip_x0: bool = False, x_T: Tensor | None = None, dtype=torch.float32) -> Iterator[SamplerState]:
+               device=None, var_type: VarType = "fixed_small", clip_x0: bool = False, x_T: Tensor | None = None,
+               t_start: int | None = None, dtype=torch.float32) -> Iterator[SamplerState]:
     """Yield x_T, x_{T-1}, ..., x_0 of the ancestral sampler (Ho et al. 2020, Algorithm 2).
 
     States are SamplerState(t, x, x0_hat, x0_hat_paper_t) where t is the step index of x (T-1 ... 0, then -1
     for x_0) and x0_hat was predicted from the previous state, at the paper's step x0_hat_paper_t = t + 2.
+    With ``t_start`` the chain starts from ``x_T`` held at that step index (the paper's t_start + 1) instead
+    of at T - 1: copies of one x_t finished with fresh noise (Ho et al. 2020, Figure 7).
     """
+    den = as_denoiser(model, sched)
     device = torch.device(device) if device is not None else torch.device("cpu")
+    if t_start is None:
+        t_start = sched.T - 1
+    elif isinstance(t_start, bool) or not hasattr(t_start, "__index__") or not 0 <= int(t_start) < sched.T:
+        raise ValueError(f"t_start must be a step index in 0..{sched.T - 1}, got {t_start!r}")
+    elif x_T is None:
+        raise ValueError("t_start needs x_T, the state to start from at that step")
+    t_start = int(t_start)
+    _check_x_T(x_T, shape)
     x = _noise(tuple(shape), generator, device, dtype) if x_T is None else x_T.to(device)
-    yield SamplerState(sched.T - 1, x)
-    for step in range(sched.T - 1, -1, -1):
+    yield SamplerState(t_start, x)
+    for step in range(t_start, -1, -1):
         t = _t_batch(step, x.shape[0], device)
         with torch.no_grad():
-            out = model(x, t)
+            out = den.model_out(x, t)
         z = _noise(x.shape, generator, device, x.dtype) if step > 0 else torch.zeros_like(x)
         # the step gets t as one number: every row shares it, and one table lookup beats B of them
         x, x0_hat = ddpm_step(sched, x, torch.tensor(step, device=device), out, z,
-                              parameterization=parameterization, var_type=var_type, clip_x0=clip_x0)
+                              parameterization=den.parameterization, var_type=var_type, clip_x0=clip_x0)
         yield SamplerState(step - 1, x, x0_hat, x0_hat_paper_t=step + 1)
 
 
@@ -135,27 +155,28 @@ def ddim_step(sched: Schedule, x_t: Tensor, t: Tensor, t_prev: Tensor, model_out
 
 def ddim_steps(model: Model, sched: Schedule, shape: Sequence[int], *, steps: int = 50, eta: float = 0.0,
                timesteps: Sequence[int] | None = None, generator: torch.Generator | None = None, device=None,
-               parameterization: Parameterization = "eps", clip_x0: bool = False, x_T: Tensor | None = None,
-               dtype=torch.float32) -> Iterator[SamplerState]:
+               clip_x0: bool = False, x_T: Tensor | None = None, dtype=torch.float32) -> Iterator[SamplerState]:
     """Yield the states of DDIM over a subsequence of steps (Song et al. 2021, eq. 12).
 
     ``timesteps`` (decreasing step indices) overrides ``steps``; the default is ``ddim_timesteps(T, steps)``.
     """
+    den = as_denoiser(model, sched)
     device = torch.device(device) if device is not None else torch.device("cpu")
     ts = list(timesteps) if timesteps is not None else ddim_timesteps(sched.T, steps)
     check_t(torch.tensor(ts), sched.T)
     if any(a <= b for a, b in zip(ts, ts[1:])):
         raise ValueError(f"timesteps must be strictly decreasing, got {ts[:6]}...")
+    _check_x_T(x_T, shape)
     x = _noise(tuple(shape), generator, device, dtype) if x_T is None else x_T.to(device)
     yield SamplerState(ts[0], x)
     for i, step in enumerate(ts):
         prev = ts[i + 1] if i + 1 < len(ts) else -1
         t = _t_batch(step, x.shape[0], device)
         with torch.no_grad():
-            out = model(x, t)
+            out = den.model_out(x, t)
         z = _noise(x.shape, generator, device, x.dtype) if eta > 0 else None
         x, x0_hat = ddim_step(sched, x, torch.tensor(step, device=device), torch.tensor(prev, device=device), out,
-                              z, eta=eta, parameterization=parameterization, clip_x0=clip_x0)
+                              z, eta=eta, parameterization=den.parameterization, clip_x0=clip_x0)
         yield SamplerState(prev, x, x0_hat, x0_hat_paper_t=step + 1)
 
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from .budget import default_device
-from .checkpoint import FORMAT, check_format, load_checkpoint, save_checkpoint
-from .diffusion import PARAMETERIZATIONS, EpsPredictor
+from .checkpoint import FORMAT, RESUME_KEYS, check_format, load_checkpoint, save_checkpoint
+from .checkpoint import build_model, load_model, model_spec_of  # noqa: F401 - they live in checkpoint.py
+from .device import default_device
+from .diffusion import PARAMETERIZATIONS, Denoiser
 from .losses import WEIGHTINGS, diffusion_loss
 from .schedules import Schedule
 
@@ -87,13 +87,12 @@ class TrainConfig:
 class Trainer:
     """Trains ``model`` on a data tensor (N, ...) and optional labels (N,) under ``sched``.
 
-    ``model_spec`` (kind and config dict) is stored in checkpoints so that `load_model` can rebuild it.
-    ``augment(x, generator)`` may transform each batch (e.g. random flips), drawing from the generator.
+    ``model_spec`` (kind and config dict; by default derived from the model) is stored in checkpoints so that
+    `checkpoint.load_model` can rebuild it.
     """
 
     def __init__(self, model: nn.Module, sched: Schedule, data: Tensor, config: TrainConfig | None = None, *,
-                 labels: Tensor | None = None, device=None, model_spec: dict | None = None,
-                 augment: Callable[[Tensor, torch.Generator], Tensor] | None = None):
+                 labels: Tensor | None = None, device=None, model_spec: dict | None = None):
         self.config = config or TrainConfig()
         if not isinstance(data, Tensor) or data.ndim < 2 or data.shape[0] < 1:
             raise ValueError(f"data must be a tensor (N, ...) with N >= 1, got {getattr(data, 'shape', type(data))}")
@@ -108,8 +107,7 @@ class Trainer:
         self.sched = sched
         self.data = data
         self.labels = labels
-        self.augment = augment
-        self.model_spec = model_spec or {}
+        self.model_spec = model_spec or model_spec_of(model)
         c = self.config
         torch.manual_seed(c.seed)  # dropout draws from the global generator
         self.generator = torch.Generator().manual_seed(c.seed)
@@ -134,8 +132,6 @@ class Trainer:
         c, g = self.config, self.generator
         idx = torch.randint(0, self.data.shape[0], (c.batch_size,), generator=g)
         x0 = self.data[idx]
-        if self.augment is not None:
-            x0 = self.augment(x0, g)
         y = None
         if self.labels is not None:
             y = self.labels[idx].clone()
@@ -152,10 +148,11 @@ class Trainer:
         t = torch.randint(0, self.sched.T, (x0.shape[0],), generator=g)
         eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
         x0, t, eps = x0.to(self.device), t.to(self.device), eps.to(self.device)
-        kwargs = {"y": y.to(self.device)} if y is not None else None
+        model = Denoiser(self.model, self.sched, c.parameterization)
+        if y is not None:
+            model = model.with_labels(y.to(self.device))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            loss = diffusion_loss(self.model, self.sched, x0, t=t, eps=eps, parameterization=c.parameterization,
-                                  weighting=c.weighting, model_kwargs=kwargs).mean()
+            loss = diffusion_loss(model, self.sched, x0, t=t, eps=eps, weighting=c.weighting).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"the loss became {loss.item()} at step {self.step}: training stopped. Lower the learning rate "
@@ -214,7 +211,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        check_format(state, "the state to resume from")
+        check_format(state, "the state to resume from", RESUME_KEYS)
         if not torch.equal(state["schedule"]["beta"], self.sched.beta):
             raise ValueError("the checkpoint was trained under a different schedule than the one given")
         self.model.load_state_dict(state["model"])
@@ -232,42 +229,3 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         self.load_state_dict(load_checkpoint(path))
-
-
-def build_model(spec: dict) -> nn.Module:
-    """Rebuild a network from its spec {"kind": "mlp" | "unet", "config": {...}}."""
-    kind, cfg = spec.get("kind"), dict(spec.get("config", {}))
-    if kind == "mlp":
-        from .models.mlp import MLPConfig, MLPDenoiser
-        return MLPDenoiser(MLPConfig(**cfg))
-    if kind == "unet":
-        from .models.unet import UNet, UNetConfig
-        for key in ("ch_mult", "attn_resolutions"):
-            if key in cfg and isinstance(cfg[key], list):
-                cfg[key] = tuple(cfg[key])
-        return UNet(UNetConfig(**cfg))
-    raise ValueError(f"model kind must be 'mlp' or 'unet', got {kind!r}")
-
-
-def load_model(path: str | Path, *, ema: bool = True, device=None, as_eps: bool = True
-               ) -> tuple[nn.Module, Schedule, dict]:
-    """Load a trained model (EMA weights by default) and its schedule from a checkpoint, in eval mode.
-
-    With ``as_eps`` (the default) a network trained to predict v, x0 or the score comes wrapped in
-    :class:`~ddpm_tutor.diffusion.EpsPredictor`, so that it answers with eps_hat like every sampler expects;
-    ``as_eps=False`` returns the bare network (its output is then ``state["train_config"]["parameterization"]``).
-    """
-    state = check_format(load_checkpoint(path), path)
-    model = build_model(state["model_spec"])
-    if ema:
-        prefix = "module."
-        weights = {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
-    else:
-        weights = state["model"]
-    model.load_state_dict(weights)
-    model.to(device or default_device()).eval()
-    sched = Schedule(state["schedule"]["beta"], name=state["schedule"]["name"])
-    parameterization = state.get("train_config", {}).get("parameterization", "eps")
-    if as_eps and parameterization != "eps":
-        model = EpsPredictor(model, sched, parameterization).eval()
-    return model, sched, state

@@ -21,47 +21,11 @@ Static helpers: :func:`image_grid` (one grid of images), :func:`pick_frames`.
 Live widgets (ipywidgets)
 -------------------------
 What cannot be precomputed (designing a schedule, a guidance scale) uses ipywidgets sliders, which need
-a running kernel. :func:`live_plot` builds one. In the HTML book such cells show nothing; chapters follow
-this convention:
-
-1. a Markdown cell with the live-only note right before the cell (the text of :data:`LIVE_ONLY_NOTE`)::
-
-       :::{note} Live only
-       The next cell makes sliders ... (see LIVE_ONLY_NOTE)
-       :::
-
-2. the widget cell itself is tagged ``remove-output`` (so the web page has no dead slider); its code
-   stays visible. It must run without error under every budget (nbval and the book build run it).
-
-:func:`live_only_note` displays the same note from a code cell, for notebooks run outside the book.
-
-Chapter conventions (summary; ``book/_template.ipynb`` is the example to copy; tests/test_book_config.py
-checks them for every notebook in _toc.yml)
---------------------------------------------------------------------------------------------------------
-- Committed without outputs. First code cell: the Colab install cell, tagged ``remove-cell``::
-
-      import sys
-      if "google.colab" in sys.modules:  # Colab: install the package from the book's home
-          %pip install -q "ddpm-tutor @ git+https://github.com/ddpm-tutor/ddpm-tutor"
-
-- A ``# Title`` Markdown cell, then learning goals; the imports cell calls
-  ``ddpm_tutor.budget.announce(...)`` and takes every costly size from ``budget.pick(ci=, book=, full=)``.
-- Labelled equations: ``$$ ... $$ (eq-<chapter>-<name>)``, referred to with ``{eq}`eq-<chapter>-<name>```
-  (labels are global to the book: prefix them with the chapter). Propositions and proofs:
-  ``:::{prf:proposition} Title`` + ``:label: prop-<chapter>-<name>``, ``:::{prf:proof}``;
-  ``{prf:ref}`label```. Citations: ``{cite}`ho2020denoising``` or ``{cite:t}`key``` (keys in
-  book/references.bib).
-- Exercises: ``:::{exercise}`` + ``:label: ex-<chapter>-<name>``, then ``:::{solution} ex-<chapter>-<name>``
-  with ``:class: dropdown``. Solutions are Markdown (code in them is a fenced block, shown, not run): the
-  gated ``solution-start``/``solution-end`` form leaks into the student edition with sphinx-exercise 1.2.
-- Self-check cells: plain ``assert`` statements, tagged ``self-check``, printing one line on success.
-- Live widgets: ``import ipywidgets`` only in the widget cell itself, tagged ``remove-output``, right after
-  a Markdown cell ``:::{note}`` / ``**Live only.** ...`` / ``:::``.
-- Players: the last expression of their cell, at most :data:`MAX_FRAMES` frames.
+a running kernel: :func:`live_plot` builds one, :func:`live_only_note` shows the note that says so. How
+chapters use players and widgets (and the rest of a chapter's conventions) is in CONTRIBUTING.md, "Style".
 """
 from __future__ import annotations
 
-import base64
 import re
 import tempfile
 from pathlib import Path
@@ -91,9 +55,9 @@ MAX_FRAMES = 40
 """Most frames a player may carry (each is a PNG embedded in the page)."""
 
 EMBED_LIMIT_MB = 50.0
-# matplotlib drops frames (with only a warning) past this size; players check that none were dropped.
-if float(matplotlib.rcParams["animation.embed_limit"]) < EMBED_LIMIT_MB:
-    matplotlib.rcParams["animation.embed_limit"] = EMBED_LIMIT_MB
+"""Size a player's markup may reach (matplotlib's default is 20 MB); past it matplotlib drops frames with only
+a warning, so players pass this limit to their writer (not through the global rcParams) and check that none
+were dropped."""
 
 LIVE_ONLY_NOTE = (
     "The next cell makes interactive controls (ipywidgets). They need a running Python kernel, so they "
@@ -195,17 +159,18 @@ def player(
         return []
 
     anim = animation.FuncAnimation(fig, update, frames=n_frames, interval=interval_ms, blit=False, repeat=loop)
+    limit = max(EMBED_LIMIT_MB, float(matplotlib.rcParams["animation.embed_limit"]))  # a larger global one wins
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "player.html")
         writer = animation.HTMLWriter(fps=1000.0 / interval_ms, embed_frames=True,
-                                      default_mode="loop" if loop else "once")
+                                      default_mode="loop" if loop else "once", embed_limit=limit)
         anim.save(str(path), writer=writer, dpi=dpi)
         html = path.read_text()
     found = len(_FRAME.findall(html))
     if found != n_frames:
         raise RuntimeError(
-            f"the player holds {found} of its {n_frames} frames: matplotlib's animation.embed_limit "
-            f"({matplotlib.rcParams['animation.embed_limit']} MB) was reached; use fewer or smaller frames"
+            f"the player holds {found} of its {n_frames} frames: the size limit of its markup ({limit:g} MB) "
+            "was reached; use fewer or smaller frames"
         )
     return Player(_offline_markup(html), n_frames, labels)
 
@@ -435,12 +400,6 @@ def pick_frames(seq: Sequence, n: int = 20) -> list:
     return [seq[i] for i in idx]
 
 
-def frames_in(html: str | HTML) -> int:
-    """How many embedded frames a player's markup holds (used by the tests)."""
-    text = html.data if isinstance(html, HTML) else html
-    return len(_FRAME.findall(text))
-
-
 def live_only_note() -> Markdown:
     """The live-only note as Markdown output (the book itself puts it in a ``:::{note}`` Markdown cell)."""
     return Markdown(f"**Live only.** {LIVE_ONLY_NOTE}")
@@ -467,11 +426,3 @@ def live_plot(draw: Callable, *, figsize: tuple[float, float] = (4.5, 3.0), **co
         if hasattr(control, "continuous_update"):
             control.continuous_update = False  # redraw when a slider is released, not on every pixel
     return widgets.interactive(update, **controls)
-
-
-def _png_bytes(html: str, i: int = 0) -> bytes:
-    """The PNG bytes of frame ``i`` of a player's markup (for tests)."""
-    match = re.search(rf"frames\[{i}\]\s*=\s*\"data:image/png;base64,([^\"]*)\"", html)
-    if match is None:
-        raise ValueError(f"no PNG frame {i} in this markup")
-    return base64.b64decode(match.group(1).replace("\\\n", ""))

@@ -153,3 +153,15 @@ def test_sample_labels_and_guidance_of_a_conditional_unet(cond_unet_ckpt, tmp_pa
         with pytest.raises(SystemExit, match=re.escape(message)):
             draw("refused.pt", "--n", "2", *flags)
     assert not (tmp_path / "refused.pt").exists()
+
+
+def test_sample_png_of_images_is_the_grid_of_the_samples(cond_unet_ckpt, tmp_path):
+    from PIL import Image
+    from torchvision.utils import make_grid
+    for name in ("s.png", "s.pt"):
+        assert sample("--checkpoint", str(cond_unet_ckpt), "--steps", "2", "--n", "4", "--labels", "5",
+                      "--out", str(tmp_path / name)) == 0
+    png = torch.tensor(np.array(Image.open(tmp_path / "s.png").convert("L")), dtype=torch.float32)
+    grid = make_grid((torch.load(tmp_path / "s.pt")["samples"].clamp(-1, 1) + 1) / 2, nrow=2)[0]  # 2 x 2 digits
+    assert png.shape == grid.shape == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)
+    assert (png - 255 * grid).abs().max() <= 1  # one grey level of rounding

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from ddpm_tutor import coding
+from ddpm_tutor.data import mixtures
 from ddpm_tutor.data.mixtures import GaussianMixture
+from ddpm_tutor.samplers import ddpm_sample
 from ddpm_tutor.schedules import Schedule
 
 
@@ -23,8 +25,8 @@ def test_gaussian_data_distortion_and_kl_closed_forms(gen):
     x0 = mix.sample(n, gen)
     rd = coding.rate_distortion(mix.eps_model(sched), sched, x0, gen)
     a = sched.alpha_bar
-    v = s * s * (1 - a) / (a * s * s + 1 - a)  # written out, not via coding.gaussian_posterior_std
-    assert torch.allclose(coding.gaussian_posterior_std(a, s * s), v.sqrt())
+    v = s * s * (1 - a) / (a * s * s + 1 - a)  # written out, not via mixtures.gaussian_posterior_std
+    assert torch.allclose(mixtures.gaussian_posterior_std(a, s * s), v.sqrt())
     # squared errors are v * chi^2_1: relative standard error of their mean is sqrt(2/n)
     assert torch.allclose(rd["mse"].mean(0), v, rtol=5 * math.sqrt(2 / n))
     c = sched.beta * sched.alpha_bar_prev.sqrt() / (1 - a)
@@ -85,7 +87,7 @@ def test_mixture_distortion_is_the_posterior_spread_and_decreases(gen):
     xt = a ** 0.5 * big + (1 - a) ** 0.5 * torch.randn(big.shape, generator=gen, dtype=torch.float64)
     point = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
     near = (xt - point).norm(dim=1) < 0.05
-    mean, cov = coding.mixture_posterior_x0_cov(mix, point, a)
+    mean, cov = mixtures.mixture_posterior_x0_cov(mix, point, a)
     assert torch.allclose(mean, mix.posterior_mean_x0(point, a), atol=1e-12)
     sel = big[near]
     assert torch.allclose(sel.mean(0), mean[0], atol=0.05)
@@ -95,11 +97,42 @@ def test_mixture_distortion_is_the_posterior_spread_and_decreases(gen):
         ab = float(sched.alpha_bar[i])
         # fresh x_t ~ q(x_t | x_0) have the same law as the sender's trajectory at step i
         x_t = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
-        _, cov = coding.mixture_posterior_x0_cov(mix, x_t, ab)
+        _, cov = mixtures.mixture_posterior_x0_cov(mix, x_t, ab)
         expected = cov.diagonal(dim1=1, dim2=2).mean(1).mean()
         assert abs(rd["mse"][:, i].mean() - expected) < 0.08 * expected + 1e-3
     d = rd["distortion"]
     assert (d[10::10] > d[:-10:10]).all()
+
+
+def test_l0_is_the_discretised_gaussian_likelihood_by_numerical_integration(gen):
+    """L_0 = -log2 p(x_0 | x_1) per dimension, p(x_0 | x_1) = N(x0_hat, sigma_1^2) integrated over each level's
+    bin of width 2/255, the outermost bins open-ended (Ho et al. 2020, eq. 13). A model whose x0_hat is a known
+    constant c makes the decoder independent of the random x_1: its mean is c (mu_tilde at the first step is
+    x0_hat), its variance beta_tilde of the paper's step 2 (the clipped log-variance of the paper's code), here
+    from the beta table alone; the bins are integrated by the trapezoid rule."""
+    sched = Schedule.linear(20, 1e-3, 0.3)
+    levels = torch.tensor([128, 135, 140, 150, 0, 1, 254, 255], dtype=torch.float64)
+    x0 = (levels / 127.5 - 1).reshape(1, 1, 2, 4).expand(3, 1, 2, 4).clone()
+    c = torch.tensor([0.1, 0.1, 0.1, 0.1, -0.97, -0.97, 0.97, 0.97], dtype=torch.float64).reshape(1, 1, 2, 4)
+    ab = torch.cumprod(1 - sched.beta, 0)
+
+    def constant_x0(x, t):  # the eps that makes x0_hat = (x - sqrt(1 - ab) eps) / sqrt(ab) equal c
+        a = ab[t].reshape(-1, 1, 1, 1)
+        return (x - a.sqrt() * c) / (1 - a).sqrt()
+
+    sigma = (sched.beta[1] * (1 - ab[0]) / (1 - ab[1])).sqrt()
+    log_p = []
+    for x, m in zip((levels / 127.5 - 1).tolist(), c.flatten().tolist()):
+        lo = m - 40 * sigma if x == -1 else x - 1 / 255  # -inf: 40 sigma hold all the mass in float64
+        hi = m + 40 * sigma if x == 1 else x + 1 / 255
+        u = torch.linspace(float(lo), float(hi), 200_001, dtype=torch.float64)
+        pdf = torch.exp(-0.5 * ((u - m) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+        log_p.append(math.log(torch.trapezoid(pdf, u)))
+    expected = -sum(log_p) / len(log_p) / math.log(2)
+    assert 1 < expected < 20  # every bin has a probability far from 0 and from 1: the comparison means something
+    for var_type in ("fixed_small", "fixed_large"):  # both use beta_tilde at the first step, as the paper's code
+        rd = coding.rate_distortion(constant_x0, sched, x0, gen, var_type=var_type, discrete_decoder=True)
+        torch.testing.assert_close(rd["l0"], torch.full((3,), expected, dtype=torch.float64), rtol=1e-6, atol=0)
 
 
 def test_discrete_decoder_and_images(gen):
@@ -115,7 +148,8 @@ def test_discrete_decoder_and_images(gen):
         coding.rate_distortion(model, sched, x0 * float("nan"), gen)
 
 
-def test_continue_from_shares_more_when_t_is_small(gen):
+def test_finishing_copies_of_x_t_shares_more_when_t_is_small(gen):
+    """Ho et al. 2020, Figure 7: the ancestral sampler started at step t (samplers.ddpm_sample with t_start)."""
     sched = Schedule.linear(100, 1e-3, 0.1)
     mix = GaussianMixture.ring(k=4, radius=1.0, std=0.2)
     model = mix.eps_model(sched)
@@ -124,8 +158,6 @@ def test_continue_from_shares_more_when_t_is_small(gen):
         ab = float(sched.alpha_bar[t_start])
         x0 = mix.sample(1, gen).expand(500, 2)
         x_t = ab ** 0.5 * x0[:1] + (1 - ab) ** 0.5 * torch.randn(1, 2, generator=gen, dtype=torch.float64)
-        out = coding.continue_from(model, sched, x_t.expand(500, 2).clone(), t_start, gen)
+        out = ddpm_sample(model, sched, (500, 2), x_T=x_t.expand(500, 2).clone(), t_start=t_start, generator=gen)
         spread.append(out.var(0).sum().sqrt().item())
     assert spread[0] < spread[1] < spread[2]
-    with pytest.raises(ValueError, match="t_start"):
-        coding.continue_from(model, sched, torch.zeros(2, 2), 100)

@@ -106,3 +106,89 @@ def test_bad_inputs():
         D.reverse_variance(sched, torch.zeros(4, dtype=torch.long), torch.zeros(4, 2), "learned")
     with pytest.raises(ValueError, match="model output must have the shape"):
         D.to_x0_eps(sched, torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), torch.zeros(4, 3))
+
+
+# --- the Denoiser ---------------------------------------------------------------------------------------
+class _Recorder(torch.nn.Module):
+    """A fixed 'network' out = W x + t/10, which records the labels it was given."""
+
+    def __init__(self, num_classes=None):
+        super().__init__()
+        self.W = torch.tensor([[0.7, -0.2], [0.1, 0.4]], dtype=torch.float64)
+        self.seen = []
+        self.config = type("Config", (), {"num_classes": num_classes})()
+
+    def forward(self, x, t, y=None):
+        self.seen.append(None if y is None else y.clone())
+        return x @ self.W.T + t[:, None].double() / 10
+
+
+@pytest.mark.parametrize("param", D.PARAMETERIZATIONS)
+def test_denoiser_answers_the_closed_forms(param, gen):
+    sched = Schedule.cosine(50)
+    x_t = torch.randn(6, 2, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, 50, (6,), generator=gen)
+    net = _Recorder()
+    den = D.Denoiser(net, sched, param)
+    out = net(x_t, t)
+    ab = sched.alpha_bar[t][:, None]
+    # the conversions written out (Salimans & Ho 2022, sec. 4; Luo 2022, eq. 151), not via to_x0_eps
+    eps = {"eps": out, "x0": (x_t - ab.sqrt() * out) / (1 - ab).sqrt(),
+           "v": (1 - ab).sqrt() * x_t + ab.sqrt() * out, "score": -(1 - ab).sqrt() * out}[param]
+    x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+    torch.testing.assert_close(den.eps_hat(x_t, t), eps)
+    torch.testing.assert_close(den(x_t, t), eps)
+    torch.testing.assert_close(den.x0_hat(x_t, t), x0)
+    torch.testing.assert_close(den.score(x_t, t), -eps / (1 - ab).sqrt())
+    x0_lib, eps_lib = D.to_x0_eps(sched, x_t, t, out, param)
+    torch.testing.assert_close(den.predict(x_t, t), (x0_lib, eps_lib), rtol=0, atol=0)
+
+
+def test_denoiser_labels_reach_the_network(gen):
+    sched = Schedule.linear(20)
+    net = _Recorder(num_classes=3)
+    den = D.Denoiser(net, sched, "v")
+    assert den.null_label == 3  # from the network's config
+    x, t = torch.randn(4, 2, generator=gen, dtype=torch.float64), torch.full((4,), 7)
+    den(x, t)
+    assert net.seen[-1] is None  # no labels fixed: the network's own default
+    y = torch.tensor([0, 2, 1, 1])
+    den.with_labels(y)(x, t)
+    assert torch.equal(net.seen[-1], y)
+    den.with_labels(2).x0_hat(x, t)
+    assert torch.equal(net.seen[-1], torch.full((4,), 2))
+    den.unconditional().score(x, t)
+    assert torch.equal(net.seen[-1], torch.full((4,), 3))
+    assert den.with_labels(y).parameterization == "v" and den.with_labels(y).net is net
+    assert D.Denoiser(_Recorder(), sched).unconditional()(x, t).shape == (4, 2)
+
+
+def test_a_plain_eps_callable_is_a_denoiser(gen):
+    sched = Schedule.linear(20)
+    x, t = torch.randn(4, 2, generator=gen), torch.full((4,), 5)
+    fn = lambda x_t, t: 0.5 * x_t  # noqa: E731
+    den = D.as_denoiser(fn, sched)
+    assert isinstance(den, D.Denoiser) and den.parameterization == "eps" and den.null_label is None
+    torch.testing.assert_close(den(x, t), 0.5 * x)
+    assert D.as_denoiser(den, sched) is den
+    p = D.p_mean_variance(fn, sched, x, t)
+    torch.testing.assert_close(p["eps_hat"], 0.5 * x)
+
+
+def test_denoiser_bad_inputs():
+    sched = Schedule.linear(20)
+    x, t = torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="parameterization must be one of"):
+        D.Denoiser(_Recorder(), sched, "noise")
+    with pytest.raises(ValueError, match="unconditional"):
+        D.Denoiser(_Recorder(), sched).with_labels(torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        D.Denoiser(_Recorder(3), sched).with_labels(torch.zeros(3, dtype=torch.long))(x, t)
+    with pytest.raises(ValueError, match="integers"):
+        D.Denoiser(_Recorder(3), sched).with_labels(torch.zeros(4))(x, t)
+    with pytest.raises(ValueError, match="reserves label 3"):
+        D.Denoiser(_Recorder(3), sched, null_label=0)
+    with pytest.raises(ValueError, match="schedule"):
+        D.as_denoiser(D.Denoiser(_Recorder(), Schedule.linear(30)), sched)
+    with pytest.raises(ValueError, match="needs a model or its output"):
+        D.p_mean_variance(None, sched, x, t)

@@ -10,9 +10,24 @@ from ddpm_tutor.exercises.part1_late import (check_cosine_alpha_bar, check_ddim_
 
 
 # --- to_x0 --------------------------------------------------------------------------------------
-def test_to_x0_accepts_reference(capsys):
-    assert "correct" in check_to_x0(to_x0_reference)
+def _to_x0_by_hand(sched, x_t, t, out, p):
+    """x0_hat written out from the beta table alone (not through the library's conversions)."""
+    ab = torch.cumprod(1 - sched.beta.double(), 0)[t].reshape(-1, *([1] * (x_t.ndim - 1)))
+    eps = {"eps": out, "score": -(1 - ab).sqrt() * out}.get(p)
+    if eps is not None:
+        return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+    return out if p == "x0" else ab.sqrt() * x_t - (1 - ab).sqrt() * out  # v
+
+
+def test_to_x0_accepts_a_right_solution_and_rejects_a_slightly_wrong_one(capsys):
+    assert "correct" in check_to_x0(_to_x0_by_hand)
     assert "correct" in capsys.readouterr().out
+
+    def off_by_a_little(sched, x_t, t, out, p):  # negative control: no known mistake, 0.1% off for score only
+        x0 = _to_x0_by_hand(sched, x_t, t, out, p)
+        return x0 * 1.001 if p == "score" else x0
+    with pytest.raises(CheckFailed, match=r"'score' parameterisation"):
+        check_to_x0(off_by_a_little)
 
 
 def test_to_x0_stub_is_not_attempted(capsys):
@@ -56,9 +71,14 @@ def _closed_form(T, s, offset=0):
     return f(t) / f(torch.zeros((), dtype=torch.float64))
 
 
-def test_cosine_accepts_reference_and_unclipped_closed_form():
-    assert "correct" in check_cosine_alpha_bar(cosine_alpha_bar_reference)
+def test_cosine_accepts_the_unclipped_closed_form_and_rejects_another_offset():
     assert "correct" in check_cosine_alpha_bar(lambda T, s: _closed_form(T, s))
+    # negative control: the right formula with s 10% off is no known mistake, and still wrong
+    with pytest.raises(CheckFailed, match=r"T=10, s=0\.008"):
+        check_cosine_alpha_bar(lambda T, s: _closed_form(T, 1.1 * s))
+    # the library's reference differs from the closed form only in its clipped last value
+    ref, closed = cosine_alpha_bar_reference(1000), _closed_form(1000, 0.008)
+    torch.testing.assert_close(ref[:-1].double(), closed[:-1], rtol=1e-5, atol=1e-7)
 
 
 def test_cosine_recognises_off_by_one():
@@ -80,9 +100,22 @@ def test_cosine_rejects_wrong_shape():
 
 
 # --- DDIM step ----------------------------------------------------------------------------------
-def test_ddim_accepts_reference(capsys):
-    assert "correct" in check_ddim_step(ddim_step_reference)
+def _ddim_by_hand(x_t, eps_hat, a_t, a_prev, eta=0.0, noise=None):
+    """Song et al. 2021, eq. 12 and 16, written out."""
+    x0 = (x_t - math.sqrt(1 - a_t) * eps_hat) / math.sqrt(a_t)
+    sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+    out = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - sigma ** 2) * eps_hat
+    return out + sigma * noise if eta > 0 else out
+
+
+def test_ddim_accepts_a_right_solution_and_rejects_a_slightly_wrong_one(capsys):
+    assert "correct" in check_ddim_step(_ddim_by_hand)
     assert "not attempted" not in capsys.readouterr().out
+
+    def eta_squared(x_t, eps_hat, a_t, a_prev, eta=0.0, noise=None):  # negative control: right for eta 0 and 1 only
+        return _ddim_by_hand(x_t, eps_hat, a_t, a_prev, eta ** 2, noise)
+    with pytest.raises(CheckFailed, match=r"eta=0\.5"):
+        check_ddim_step(eta_squared)
 
 
 def test_ddim_reference_matches_the_sampler_formula():

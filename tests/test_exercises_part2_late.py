@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ddpm_tutor import coding
+from ddpm_tutor.data import mixtures
 from ddpm_tutor.exercises import CheckFailed
 from ddpm_tutor.exercises import part2_late as E
 
@@ -63,7 +64,7 @@ def test_cumulative_rate_agrees_with_coding():
 
 
 def test_posterior_std():
-    assert E.check_posterior_std(lambda ab, s2: coding.gaussian_posterior_std(ab, s2))
+    assert E.check_posterior_std(lambda ab, s2: mixtures.gaussian_posterior_std(ab, s2))
     with pytest.raises(CheckFailed, match="variance, not the standard deviation"):
         E.check_posterior_std(lambda ab, s2: s2 * (1 - ab) / (ab * s2 + 1 - ab))
     with pytest.raises(CheckFailed, match="forward noise"):

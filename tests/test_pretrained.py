@@ -39,7 +39,8 @@ def test_export_round_trip(tmp_path):
     t = torch.tensor([3, 40])
     y = torch.tensor([1, 10])
     with torch.no_grad():
-        torch.testing.assert_close(model(x, t, y), tr.ema_model.eval()(x, t, y))
+        torch.testing.assert_close(model.with_labels(y)(x, t), tr.ema_model.eval()(x, t, y))
+    assert model.null_label == 10 and model.parameterization == "eps"
 
 
 def test_shipped_mnist_model_loads():
@@ -50,8 +51,9 @@ def test_shipped_mnist_model_loads():
     assert sched.T == 1000 and meta["model_spec"]["config"]["num_classes"] == 10
     assert (CHECKPOINT_DIR / "mnist_unet.md").is_file()
     with torch.no_grad():
-        out = model(torch.zeros(2, 1, 28, 28), torch.tensor([0, 999]), torch.tensor([3, 10]))
+        out = model.with_labels(torch.tensor([3, 10]))(torch.zeros(2, 1, 28, 28), torch.tensor([0, 999]))
     assert out.shape == (2, 1, 28, 28) and torch.isfinite(out).all()
+    assert model.null_label == 10 and model.parameterization == meta["train_config"]["parameterization"]
 
 
 def test_cli_train_mnist_two_steps(tmp_path):
@@ -89,3 +91,43 @@ def test_files_of_another_format_are_refused_by_every_loader(tmp_path):
         with pytest.raises(ValueError, match=r"expected format 'ddpm_tutor/1', found 'someone_else/2'"):
             load()
     assert not (tmp_path / "out.pt").exists()  # nothing half-written in its place
+
+
+def test_shipped_digit_classifier_loads():
+    from ddpm_tutor.classifier import load_digit_classifier
+    assert load_checkpoint(CHECKPOINT_DIR / "mnist_classifier.pt")["format"] == "ddpm_tutor/classifier/1"
+    clf = load_digit_classifier()
+    assert not clf.training
+    with torch.no_grad():
+        logits = clf(torch.zeros(2, 1, 28, 28))
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+
+
+def test_sample_shape_and_model_come_from_the_spec():
+    from ddpm_tutor.checkpoint import build_model, model_config, sample_shape
+    from ddpm_tutor.models import MLPConfig, MLPDenoiser
+    unet = {"kind": "unet", "config": UNetConfig.mnist(**TINY).to_dict()}
+    assert sample_shape(unet) == (1, 28, 28) and model_config(unet).num_classes == 10
+    assert isinstance(build_model(unet), UNet) and build_model(unet).config == UNetConfig.mnist(**TINY)
+    mlp = {"kind": "mlp", "config": MLPConfig(data_dim=3, hidden=8).__dict__}
+    assert sample_shape(mlp) == (3,) and isinstance(build_model(mlp), MLPDenoiser)
+    assert sample_shape({"kind": "mlp", "config": {}}) == (2,)  # a field left out takes the config's default
+    with pytest.raises(ValueError, match=r"kind is one of \('mlp', 'unet'\), got kind 'gan'"):
+        sample_shape({"kind": "gan", "config": {}})
+    with pytest.raises(ValueError, match="does not fit MLPConfig.*width"):
+        build_model({"kind": "mlp", "config": {"width": 8}})
+
+
+def test_checkpoints_without_what_a_loader_needs_are_refused(tmp_path):
+    from ddpm_tutor.checkpoint import FORMAT, ema_weights, save_checkpoint
+    path = save_checkpoint({"format": FORMAT, "model_spec": {"kind": "mlp", "config": {}}}, tmp_path / "bare.pt")
+    with pytest.raises(ValueError, match=r"without 'schedule', 'ema'"):
+        load_model(path)
+    tr, ckpt = _trainer(tmp_path)
+    small = export_weights(ckpt, tmp_path / "small.pt")
+    with pytest.raises(ValueError, match="without 'model'"):  # an export keeps only the EMA weights
+        load_model(small, ema=False)
+    with pytest.raises(ValueError, match="without 'model', 'opt'"):  # nor can a run resume from it
+        tr.load(small)
+    with pytest.raises(ValueError, match="no key starts with 'module.'"):
+        ema_weights(tr.model.state_dict())

@@ -4,8 +4,8 @@ import torch
 
 from ddpm_tutor.data import GaussianMixture
 from ddpm_tutor.metrics import noise_floor, sliced_wasserstein
-from ddpm_tutor.diffusion import to_x0_eps
-from ddpm_tutor.samplers import ddim_sample, ddim_steps, ddim_timesteps, ddpm_sample, ddpm_steps, sample
+from ddpm_tutor.diffusion import Denoiser, to_x0_eps
+from ddpm_tutor.samplers import ddim_sample, ddim_steps, ddim_timesteps, ddpm_sample, ddpm_step, ddpm_steps, sample
 from ddpm_tutor.schedules import Schedule
 
 N = 2000
@@ -107,3 +107,56 @@ def test_sampler_bad_inputs():
         sample(model, sched, (2, 2), sampler="euler")
     with pytest.raises(ValueError, match="eta must be >= 0"):
         ddim_sample(model, sched, (2, 2), steps=4, eta=-1.0)
+
+
+def _continue_from_reference(model, sched, x_t, t_start, generator):
+    """The loop coding.continue_from ran before it became ddpm_steps(t_start=...), written out."""
+    x = x_t
+    for i in range(t_start, -1, -1):
+        t = torch.full((x.shape[0],), i, dtype=torch.long)
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype) if i > 0 else torch.zeros_like(x)
+        x, _ = ddpm_step(sched, x, t, model(x, t), z)
+    return x
+
+
+@pytest.mark.parametrize("t_start", [0, 7, 29])
+def test_ddpm_started_at_step_k_is_the_old_continue_from(mixture, t_start):
+    sched = Schedule.linear(30, 1e-3, 0.2)
+    model = mixture.eps_model(sched)
+    x_t = torch.randn(64, 2, generator=torch.Generator().manual_seed(3))
+    want = _continue_from_reference(model, sched, x_t, t_start, torch.Generator().manual_seed(4))
+    got = ddpm_sample(model, sched, x_t.shape, x_T=x_t, t_start=t_start, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(got, want)
+    states = list(ddpm_steps(model, sched, x_t.shape, x_T=x_t, t_start=t_start))
+    assert [s.t for s in states] == list(range(t_start, -2, -1))
+    # started at T - 1 it is the ordinary sampler from x_T
+    full = ddpm_sample(model, sched, x_t.shape, x_T=x_t, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(ddpm_sample(model, sched, x_t.shape, x_T=x_t, t_start=29,
+                                   generator=torch.Generator().manual_seed(4)), full)
+
+
+def test_samplers_take_a_denoiser_of_any_parameterization(mixture):
+    """A v-predicting network wrapped in a Denoiser samples exactly like its eps-predicting twin."""
+    sched = Schedule.linear(25, 1e-3, 0.2)
+    eps_model = mixture.eps_model(sched)
+
+    def v_net(x, t):  # the same ideal network, answering with v = (eps - sqrt(1 - ab) x_t) / sqrt(ab)
+        ab = sched.alpha_bar[t][:, None].to(x.dtype)
+        return (eps_model(x, t) - (1 - ab).sqrt() * x) / ab.sqrt()
+
+    den = Denoiser(v_net, sched, "v")
+    for sampler in (ddpm_sample, lambda m, s, shape, **kw: ddim_sample(m, s, shape, steps=5, **kw)):
+        a = sampler(eps_model, sched, (50, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        b = sampler(den, sched, (50, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_t_start_bad_inputs():
+    sched = Schedule.linear(20)
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    with pytest.raises(ValueError, match=r"t_start must be a step index in 0..19"):
+        ddpm_sample(model, sched, (2, 2), x_T=torch.zeros(2, 2), t_start=20)
+    with pytest.raises(ValueError, match="t_start needs x_T"):
+        ddpm_sample(model, sched, (2, 2), t_start=5)
+    with pytest.raises(ValueError, match=r"x_T must have the shape \(3, 2\)"):
+        ddpm_sample(model, sched, (3, 2), x_T=torch.zeros(2, 2))

@@ -8,6 +8,7 @@ import torch
 
 from ddpm_tutor.checkpoint import load_checkpoint, save_checkpoint
 from ddpm_tutor.data import toy2d
+from ddpm_tutor.diffusion import Denoiser
 from ddpm_tutor.models import MLPConfig, MLPDenoiser
 from ddpm_tutor.schedules import Schedule
 from ddpm_tutor.train import TrainConfig, Trainer, load_model
@@ -70,7 +71,7 @@ def test_training_reduces_loss_and_load_model_rebuilds(tmp_path):
 
 
 def test_load_model_answers_with_eps_for_a_v_network(tmp_path):
-    """A v-trained network comes back as an eps-predictor: eps = sqrt(1 - ab) x_t + sqrt(ab) v (Salimans & Ho
+    """A v-trained network comes back as a Denoiser answering with eps: eps = sqrt(1 - ab) x_t + sqrt(ab) v (Salimans & Ho
     2022), so samplers written for eps use it unchanged; as_eps=False gives the bare v-network."""
     tr = make_trainer(steps=5, parameterization="v")
     tr.run(progress=False, checkpoint=tmp_path / "v.pt")
@@ -83,10 +84,12 @@ def test_load_model_answers_with_eps_for_a_v_network(tmp_path):
         v = bare(x, t)
         torch.testing.assert_close(v, tr.ema_model.eval()(x, t))
         torch.testing.assert_close(model(x, t), (1 - ab).sqrt() * x + ab.sqrt() * v)
-    # and an eps-trained network comes back bare
+    assert isinstance(model, Denoiser) and model.parameterization == "v" and model.null_label is None
+    # and an eps-trained network comes back as a Denoiser of parameterisation eps
     make_trainer(steps=2).run(progress=False, checkpoint=tmp_path / "e.pt")
     eps_model, _, _ = load_model(tmp_path / "e.pt", device="cpu")
-    assert isinstance(eps_model, MLPDenoiser)
+    assert isinstance(eps_model, Denoiser) and eps_model.parameterization == "eps"
+    assert isinstance(eps_model.net, MLPDenoiser)
 
 
 def test_nan_loss_stops_with_clear_message():

@@ -89,6 +89,30 @@ def test_output_shape(preset, num_classes):
     assert torch.all(out == 0)  # zero-initialised output conv: a fresh model predicts 0
 
 
+@pytest.mark.parametrize("num_classes", [None, 10])
+def test_output_depends_on_t_and_on_its_own_batch_item_only(num_classes):
+    torch.manual_seed(0)
+    model = UNet(UNetConfig.mnist(num_classes=num_classes)).eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():  # redrawn: the zero-initialised output conv would make every output 0
+            p.normal_(0.0, 0.05, generator=g)
+        x, t = torch.randn(3, 1, 28, 28, generator=g), torch.tensor([5, 500, 900])
+        y = None if num_classes is None else torch.tensor([1, 2, 3])
+        out = model(x, t, y)
+        assert out.abs().max() > 1e-2
+        # the step index reaches the output: item 0 at t = 6 instead of 5, the rest as before
+        moved = model(x, torch.tensor([6, 500, 900]), y)
+        assert (moved[0] - out[0]).abs().max() > 1e-4 * out[0].abs().max()
+        torch.testing.assert_close(moved[1:], out[1:], rtol=1e-5, atol=1e-5)
+        # item 0 alone, or next to other images, steps and labels, gives the same output
+        others = torch.cat([x[:1], torch.randn(2, 1, 28, 28, generator=g)])
+        y2 = None if y is None else torch.tensor([1, 7, 0])
+        torch.testing.assert_close(model(others, torch.tensor([5, 20, 999]), y2)[0], out[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(x[:1], t[:1], None if y is None else y[:1])[0], out[0],
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_class_labels_change_the_output_and_none_means_null_label():
     torch.manual_seed(0)
     model = UNet(UNetConfig.mnist(num_classes=10)).eval()

@@ -1,4 +1,7 @@
 """ddpm_tutor.viz: players carry exactly their frames, work offline, and refuse bad input clearly."""
+import subprocess
+import sys
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -10,6 +13,7 @@ import torch  # noqa: E402
 from IPython.display import HTML, Markdown  # noqa: E402
 
 from ddpm_tutor import viz  # noqa: E402
+from helpers import frames_in, png_bytes  # noqa: E402
 
 
 def _clouds(n_frames, n=50, seed=0):
@@ -26,10 +30,10 @@ def test_scatter_player_carries_one_png_per_frame_and_is_offline():
     p = viz.scatter_player(_clouds(5), [f"t = {k}" for k in range(5)], reference=torch.zeros(10, 2), title="x")
     assert isinstance(p, HTML) and isinstance(p, viz.Player)
     assert p.n_frames == 5 and p.labels == [f"t = {k}" for k in range(5)]
-    assert viz.frames_in(p) == 5
+    assert frames_in(p) == 5
     html = p.data
     assert 'class="animation"' in html and 'title="Next frame"' in html
-    assert viz._png_bytes(html, 4)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png_bytes(html, 4)[:8] == b"\x89PNG\r\n\x1a\n"
     # nothing fetched from the network: matplotlib's Font Awesome CDN link and icons are gone
     assert "http://" not in html and "https://" not in html
     assert "fa fa-" not in html
@@ -38,7 +42,7 @@ def test_scatter_player_carries_one_png_per_frame_and_is_offline():
 def test_frames_differ_and_labels_default():
     p = viz.scatter_player(_clouds(3), lims=5.0)
     assert p.labels == ["frame 1 of 3", "frame 2 of 3", "frame 3 of 3"]
-    assert viz._png_bytes(p.data, 0) != viz._png_bytes(p.data, 2)
+    assert png_bytes(p.data, 0) != png_bytes(p.data, 2)
 
 
 def test_players_leave_no_open_figure():
@@ -56,23 +60,23 @@ def test_player_calls_draw_for_every_frame():
         ax.plot([0, 1], [0, i])
 
     p = viz.player(draw, 4, ["a", "b", "c", "d"])
-    assert viz.frames_in(p) == 4
+    assert frames_in(p) == 4
     assert sorted(set(seen)) == [0, 1, 2, 3]
 
 
 def test_line_player_counts_frames_and_checks_lengths():
     x = np.linspace(-3, 3, 50)
     p = viz.line_player(x, [np.exp(-x**2 / (1 + k)) for k in range(3)], ["a", "b", "c"], reference=np.exp(-x**2))
-    assert viz.frames_in(p) == 3
+    assert frames_in(p) == 3
     with pytest.raises(ValueError, match="values per curve"):
         viz.line_player(x, [np.zeros(49)])
 
 
 def test_image_player_frames_and_channels():
     p = viz.image_player(_images(3, c=1), ["t = 1000", "t = 500", "t = 1"], nrow=2)
-    assert viz.frames_in(p) == 3
+    assert frames_in(p) == 3
     p3 = viz.image_player(_images(2, c=3), nrow=4)
-    assert viz.frames_in(p3) == 2
+    assert frames_in(p3) == 2
 
 
 @pytest.mark.parametrize("bad", [1.01, -1.2, 3.0])
@@ -135,8 +139,20 @@ def test_pick_frames():
         viz.pick_frames(range(10), 0)
 
 
-def test_embed_limit_is_raised():
-    assert float(matplotlib.rcParams["animation.embed_limit"]) >= viz.EMBED_LIMIT_MB
+def test_importing_viz_leaves_matplotlib_settings_alone():
+    code = ("import matplotlib; before = dict(matplotlib.rcParams); import ddpm_tutor.viz; "
+            "changed = sorted(k for k, v in matplotlib.rcParams.items() if before[k] != v); "
+            "assert not changed, changed")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_players_keep_every_frame_whatever_the_global_embed_limit():
+    # a global limit far below one frame's size: the player passes its own limit to the writer instead
+    with matplotlib.rc_context({"animation.embed_limit": 1e-4}):
+        p = viz.scatter_player(_clouds(3))
+        assert frames_in(p) == 3
+        assert float(matplotlib.rcParams["animation.embed_limit"]) == 1e-4
 
 
 def test_live_only_note_and_live_plot():

@@ -3,14 +3,22 @@
 If x_0 ~ sum_k w_k N(m_k, S_k) then x_t = sqrt(a) x_0 + sqrt(1 - a) eps (a = bar alpha_t) is again a
 mixture, sum_k w_k N(sqrt(a) m_k, a S_k + (1 - a) I) (Ho et al. 2020, eq. 4 applied per component),
 so its score and E[x_0 | x_t] are exact: the reference every sampler and loss is checked against.
-All computations in float64.
+So are Cov[x_0 | x_t] (the distortion of progressive coding, Ho et al. 2020, sec. 4.3) and, when the classes
+are groups of components, p(y | x_t), the conditional scores and every guided score (Dhariwal & Nichol 2021;
+Ho & Salimans 2022). All computations in float64.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import torch
+
+from ..diffusion import expand_labels, expand_steps
+
+if TYPE_CHECKING:
+    from ..schedules import Schedule
 
 Tensor = torch.Tensor
 
@@ -156,3 +164,169 @@ class GaussianMixture:
                 out[idx] = -(1 - a) ** 0.5 * self.diffused(a).score(x_t[idx])
             return out.to(x_t.dtype)
         return model
+
+
+# --- closed forms for the distortion of progressive coding ---------------------------------------
+def mixture_posterior_x0_cov(mixture: GaussianMixture, x_t: Tensor, alpha_bar: float) -> tuple[Tensor, Tensor]:
+    """Exact E[x_0 | x_t] (n, D) and Cov[x_0 | x_t] (n, D, D) for mixture data, by Gaussian conditioning.
+
+    Per component k (a = bar alpha_t, G_k = a S_k + (1 - a) I):
+    E[x_0 | x_t, k] = m_k + sqrt(a) S_k G_k^{-1} (x_t - sqrt(a) m_k),  Cov[x_0 | x_t, k] = S_k - a S_k G_k^{-1} S_k,
+    mixed with the responsibilities r_k(x_t) (law of total covariance).
+    """
+    a = float(alpha_bar)
+    x_t = torch.as_tensor(x_t, dtype=torch.float64)
+    diffused = mixture.diffused(a)
+    r = diffused.responsibilities(x_t)  # (n, K)
+    S, G = mixture.covs, diffused.covs
+    resid = x_t[:, None, :] - a ** 0.5 * mixture.means[None]
+    gain = torch.linalg.solve(G[None], resid[..., None])[..., 0]
+    mk = mixture.means[None] + a ** 0.5 * (S[None] @ gain[..., None])[..., 0]  # (n, K, D)
+    ck = S - a * S @ torch.linalg.solve(G, S)  # (K, D, D)
+    mean = (r[..., None] * mk).sum(dim=1)
+    second = (r[..., None, None] * (ck[None] + mk[..., :, None] * mk[..., None, :])).sum(dim=1)
+    return mean, second - mean[:, :, None] * mean[:, None, :]
+
+
+def gaussian_posterior_std(alpha_bar, data_var: float) -> Tensor:
+    """sqrt(Var[x_0 | x_t]) for scalar Gaussian data x_0 ~ N(m, s^2): sqrt(s^2 (1 - a) / (a s^2 + 1 - a)).
+
+    It does not depend on x_t: for the exact model it is the distortion RMSE at every step.
+    """
+    a = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    s2 = float(data_var)
+    return (s2 * (1 - a) / (a * s2 + 1 - a)).sqrt()
+
+
+# --- classes: groups of components, and the exact guided quantities ------------------------------
+def _classes(mixture: GaussianMixture, classes) -> Tensor:
+    K = mixture.n_components
+    if classes is None:
+        return torch.arange(K)
+    c = torch.as_tensor(classes, dtype=torch.long)
+    if c.shape != (K,) or int(c.min()) < 0:
+        raise ValueError(f"classes must give a non-negative class label to each of the {K} components, "
+                         f"got shape {tuple(c.shape)}")
+    n = int(c.max()) + 1
+    missing = sorted(set(range(n)) - set(c.tolist()))
+    if missing:
+        raise ValueError(f"classes 0..{n - 1} must each own at least one component; missing {missing}")
+    return c
+
+
+def n_classes(mixture: GaussianMixture, classes=None) -> int:
+    """Number of classes when component k has class ``classes[k]`` (default: one class per component)."""
+    return int(_classes(mixture, classes).max()) + 1
+
+
+def class_mixture(mixture: GaussianMixture, y: int, classes=None) -> GaussianMixture:
+    """p(x_0 | y): the mixture of the components whose class is y, weights renormalised."""
+    c = _classes(mixture, classes)
+    keep = c == int(y)
+    if not keep.any():
+        raise ValueError(f"no component has class {y}")
+    return GaussianMixture(mixture.weights[keep], mixture.means[keep], mixture.covs[keep])
+
+
+def class_prior(mixture: GaussianMixture, classes=None) -> Tensor:
+    """p(y) = total weight of the components of class y, shape (C,)."""
+    c = _classes(mixture, classes)
+    return torch.zeros(int(c.max()) + 1, dtype=torch.float64).index_add_(0, c, mixture.weights)
+
+
+def mixture_class_posterior(mixture: GaussianMixture, x_t: Tensor, alpha_bar: float, classes=None) -> Tensor:
+    """Exact p(y | x_t) (n, C): the responsibilities of the diffused mixture, summed over each class."""
+    c = _classes(mixture, classes)
+    r = mixture.diffused(alpha_bar).responsibilities(x_t)
+    return torch.zeros(r.shape[0], int(c.max()) + 1, dtype=r.dtype).index_add_(1, c, r)
+
+
+def mixture_conditional_score(mixture: GaussianMixture, x_t: Tensor, alpha_bar: float, y, classes=None) -> Tensor:
+    """Exact grad log p(x_t | y) (n, D): the score of the diffused class-y mixture. ``y``: int or (n,) labels."""
+    x_t = torch.as_tensor(x_t, dtype=torch.float64)
+    y = expand_labels(y, x_t.shape[0], "cpu")
+    out = torch.empty_like(x_t)
+    for label in y.unique().tolist():
+        idx = y == label
+        out[idx] = class_mixture(mixture, label, classes).diffused(alpha_bar).score(x_t[idx])
+    return out
+
+
+def mixture_class_grad(mixture: GaussianMixture, x_t: Tensor, alpha_bar: float, y, classes=None) -> Tensor:
+    """Exact grad log p(y | x_t) = grad log p(x_t | y) - grad log p(x_t) (Bayes' rule; p(y) has no gradient)."""
+    x_t = torch.as_tensor(x_t, dtype=torch.float64)
+    return (mixture_conditional_score(mixture, x_t, alpha_bar, y, classes)
+            - mixture.diffused(alpha_bar).score(x_t))
+
+
+def tilted_score(mixture: GaussianMixture, x_t: Tensor, alpha_bar: float, y, gamma: float, classes=None) -> Tensor:
+    """grad log [p(x_t) p(y | x_t)^gamma] = grad log p(x_t) + gamma grad log p(y | x_t), in closed form.
+
+    gamma = 0: unconditional; gamma = 1: conditional p(x_t | y); classifier-free guidance with scale w is
+    gamma = 1 + w, equivalently grad log [p(x_t | y)^(1 + w) / p(x_t)^w].
+    """
+    x_t = torch.as_tensor(x_t, dtype=torch.float64)
+    return mixture.diffused(alpha_bar).score(x_t) + float(gamma) * mixture_class_grad(mixture, x_t, alpha_bar, y,
+                                                                                       classes)
+
+
+def exact_conditional_eps_model(mixture: GaussianMixture, sched: Schedule, classes=None,
+                                null_label: int | None = None) -> Callable[..., Tensor]:
+    """The ideal conditional noise predictor model(x_t, t, y) = -sqrt(1 - bar alpha_t) grad log p(x_t | y).
+
+    Labels equal to ``null_label`` (default: the number of classes C, as for MLPDenoiser) get the
+    unconditional eps, -sqrt(1 - bar alpha_t) grad log p(x_t): what a CFG network with label dropout
+    converges to with infinite capacity.
+    """
+    C = n_classes(mixture, classes)
+    null = C if null_label is None else int(null_label)
+    parts = [class_mixture(mixture, k, classes) for k in range(C)]
+
+    def model(x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        B = x_t.shape[0]
+        t = expand_steps(t, B, "cpu")
+        y = torch.full((B,), null, dtype=torch.long) if y is None else expand_labels(y, B, "cpu").cpu()
+        x64 = x_t.detach().cpu().to(torch.float64)
+        out = torch.empty_like(x64)
+        for step in t.unique().tolist():
+            a = float(sched.alpha_bar[step])
+            for label in y[t.cpu() == step].unique().tolist():
+                idx = (t.cpu() == step) & (y == label)
+                if label == null:
+                    s = mixture.diffused(a).score(x64[idx])
+                elif 0 <= label < C:
+                    s = parts[label].diffused(a).score(x64[idx])
+                else:
+                    raise ValueError(f"labels must lie in 0..{C - 1} or be the null label {null}, got {label}")
+                out[idx] = -(1 - a) ** 0.5 * s
+        return out.to(device=x_t.device, dtype=x_t.dtype)
+
+    return model
+
+
+def exact_classifier(mixture: GaussianMixture, sched: Schedule, classes=None) -> Callable[[Tensor, Tensor], Tensor]:
+    """The ideal noise-aware classifier: classifier(x_t, t) -> log p(y | x_t) (B, C) as logits.
+
+    Differentiable in x_t (autograd through the mixture's log-densities), so it can drive
+    :func:`~ddpm_tutor.guidance.classifier_guided_model`; its gradient equals :func:`mixture_class_grad`.
+    """
+    C = n_classes(mixture, classes)
+    parts = [class_mixture(mixture, k, classes) for k in range(C)]
+    log_prior = class_prior(mixture, classes).log()
+
+    def classifier(x_t: Tensor, t: Tensor) -> Tensor:
+        B = x_t.shape[0]
+        t = expand_steps(t, B, "cpu")
+        x64 = x_t.to(torch.float64)
+        rows, order = [], []
+        for step in t.unique().tolist():
+            idx = torch.nonzero(t == step)[:, 0]
+            a = float(sched.alpha_bar[step])
+            # log p(x_t | k) + log p(k), normalised over k: Bayes' rule, differentiable in x_t
+            joint = torch.stack([parts[k].diffused(a).log_prob(x64[idx.to(x_t.device)]) for k in range(C)], dim=1)
+            rows.append(torch.log_softmax(joint + log_prior.to(joint.device), dim=1))
+            order.append(idx)
+        out = torch.cat(rows)[torch.argsort(torch.cat(order)).to(x_t.device)]
+        return out.to(x_t.dtype)
+
+    return classifier

@@ -16,10 +16,9 @@ from typing import Callable
 import torch
 
 from ..schedules import Schedule
-from ._check import CheckFailed, check_close
+from ._check import CheckFailed, attempt, check_close
 
 Tensor = torch.Tensor
-NOT_ATTEMPTED = "not attempted yet: replace `raise NotImplementedError` with your code and run this cell again"
 
 __all__ = [
     "posterior_by_conditioning",
@@ -94,17 +93,6 @@ def optimal_reverse_variance(sched: Schedule, t: Tensor, s2) -> Tensor:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def _call(fn: Callable, *args):
-    """Call the learner's function; (result, True), or (None, False) if it still raises NotImplementedError."""
-    try:
-        return fn(*args), True
-    except NotImplementedError:
-        print(f"{getattr(fn, '__name__', 'your function')}: {NOT_ATTEMPTED}")
-        return None, False
-    except Exception as err:  # noqa: BLE001 - any other error is the learner's to see, with a pointer
-        raise CheckFailed(f"{getattr(fn, '__name__', 'your function')} raised {type(err).__name__}: {err}") from err
-
-
 def _as64(name: str, x, shape) -> Tensor:
     try:
         x = torch.as_tensor(x)
@@ -144,7 +132,7 @@ def check_q_sample(fn: Callable) -> str | None:
     eps = torch.randn(len(t), 3, generator=g, dtype=torch.float64)
     p = _tables(sched, t)
     col = lambda v: _col(v, x0)  # noqa: E731
-    out, ok = _call(fn, sched, x0, t, torch.zeros_like(x0))
+    ok, out = attempt(fn, "q_sample", sched, x0, t, torch.zeros_like(x0))
     if not ok:
         return None
     got = _as64("x_t with eps = 0", out, x0.shape)
@@ -157,7 +145,7 @@ def check_q_sample(fn: Callable) -> str | None:
     })
     check_close("coefficient of x_0 (probed with eps = 0)", got, mean_coef * x0, atol=1e-6, rtol=1e-5,
                 hint=hint or "With eps = 0, x_t should be sqrt(alpha_bar_t) x_0.")
-    out, _ = _call(fn, sched, torch.zeros_like(x0), t, eps)
+    _, out = attempt(fn, "q_sample", sched, torch.zeros_like(x0), t, eps)
     got = _as64("x_t with x_0 = 0", out, x0.shape)
     hint = _diagnose(got, {
         "forgot the square root on 1 - alpha_bar_t (the noise *variance* is 1 - alpha_bar_t)":
@@ -167,7 +155,7 @@ def check_q_sample(fn: Callable) -> str | None:
     })
     check_close("coefficient of eps (probed with x_0 = 0)", got, col((1 - p["alpha_bar"]).sqrt()) * eps,
                 atol=1e-6, rtol=1e-5, hint=hint or "With x_0 = 0, x_t should be sqrt(1 - alpha_bar_t) eps.")
-    out, _ = _call(fn, sched, x0, t, eps)
+    _, out = attempt(fn, "q_sample", sched, x0, t, eps)
     expected = mean_coef * x0 + col((1 - p["alpha_bar"]).sqrt()) * eps
     return check_close("q_sample (x_0 and eps together)", _as64("x_t", out, x0.shape), expected,
                        atol=1e-6, rtol=1e-5, hint="Each part is right alone but not their sum: is x_t linear?")
@@ -188,7 +176,7 @@ def check_posterior(fn: Callable) -> str | None:
     col = lambda v: _col(v, x0)  # noqa: E731
 
     def run(a, b):
-        out, ok = _call(fn, sched, a, b, t)
+        ok, out = attempt(fn, "q_posterior", sched, a, b, t)
         if not ok:
             return None
         if not isinstance(out, (tuple, list)) or len(out) < 2:
@@ -247,7 +235,7 @@ def check_vlb_weight(fn: Callable) -> str | None:
     for label, sigma2 in (("sigma2 = beta_t (fixed large)", p["beta"]),
                           ("sigma2 = beta_tilde_t (fixed small)", beta_tilde),
                           ("sigma2 = 0.01 for every t", torch.full_like(p["beta"], 0.01))):
-        out, ok = _call(fn, sched, t, sigma2)
+        ok, out = attempt(fn, "vlb_weight", sched, t, sigma2)
         if not ok:
             return None
         got = _as64(f"w with {label}", out, t.shape)
@@ -279,7 +267,7 @@ def check_optimal_variance(fn: Callable) -> str | None:
              1.0: "For N(0, 1) data every x_t is N(0, 1), and the reverse variance is exactly beta_t.",
              0.25: "", 4.0: ""}
     for s2, base in hints.items():
-        out, ok = _call(fn, sched, t, torch.tensor(s2, dtype=torch.float64))
+        ok, out = attempt(fn, "optimal_variance", sched, t, torch.tensor(s2, dtype=torch.float64))
         if not ok:
             return None
         got = _as64(f"Var(x_(t-1) | x_t) for s2 = {s2}", out, t.shape)
