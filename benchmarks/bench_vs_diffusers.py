@@ -95,6 +95,68 @@ def train_diffusers(out: Path, seed: int) -> None:
                   f"cpu {(r.ru_utime + r.ru_stime) / 60:.1f} min", flush=True)
 
 
+# The second peer, lucidrains' denoising-diffusion-pytorch (pip install denoising-diffusion-pytorch==2.3.4),
+# with its README's network for small images and the defaults of its GaussianDiffusion (v-prediction, sigmoid
+# schedule, T = 1000) and Trainer (Adam betas (0.9, 0.99), EMA 0.995 updated every 10 steps, gradient clipping
+# at 1.0). Changed for MNIST on a CPU, as for the diffusers baseline: batch 64 (the other legs' batch), lr 1e-3
+# instead of 1e-4 (meant for 100k-step GPU runs), no horizontal flips (digits are not mirror-symmetric). It
+# trains until its process has used cpu_s CPU-seconds, the CPU our recipe takes, and reports the steps it made.
+PEER = dict(batch_size=64, lr=1e-3, adam_betas=(0.9, 0.99), ema_decay=0.995, ema_update_every=10,
+            grad_clip=1.0, cpu_s=15 * 60)
+
+
+def peer_model():
+    """lucidrains' Unet(dim=32, dim_mults=(1, 2, 2)) for one channel inside its GaussianDiffusion (defaults)."""
+    from denoising_diffusion_pytorch import GaussianDiffusion, Unet
+    return GaussianDiffusion(Unet(dim=32, dim_mults=(1, 2, 2), channels=1), image_size=28, timesteps=1000)
+
+
+def train_peer(out: Path, seed: int) -> None:
+    """The second peer's leg: its own loss (``GaussianDiffusion.forward``), optimiser and EMA as its Trainer
+    sets them up, on the same digits (its data convention: pixels in [0, 1]), for the CPU budget PEER["cpu_s"]."""
+    from ema_pytorch import EMA
+
+    from ddpm_tutor.checkpoint import save_checkpoint
+    from ddpm_tutor.data.images import load_mnist
+    x, _ = load_mnist(train=True)
+    x = (x + 1) / 2
+    torch.manual_seed(seed)
+    diffusion = peer_model().train()
+    opt = torch.optim.Adam(diffusion.parameters(), lr=PEER["lr"], betas=PEER["adam_betas"])
+    ema = EMA(diffusion, beta=PEER["ema_decay"], update_every=PEER["ema_update_every"])
+    g = torch.Generator().manual_seed(seed)
+    losses, step = [], 0
+    while time.process_time() < PEER["cpu_s"]:
+        loss = diffusion(x[torch.randint(0, len(x), (PEER["batch_size"],), generator=g)])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(diffusion.parameters(), PEER["grad_clip"])
+        opt.step()
+        ema.update()
+        losses.append(loss.item())
+        step += 1
+        if step % 50 == 0:
+            print(f"peer step {step}: loss(last 50) {sum(losses[-50:]) / 50:.4f}, "
+                  f"cpu {time.process_time() / 60:.1f} min", flush=True)
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    save_checkpoint({"state_dict": diffusion.state_dict(), "ema_state_dict": ema.ema_model.state_dict(),
+                     "step": step, "losses": losses, "cpu_s": r.ru_utime + r.ru_stime, "recipe": PEER},
+                    out / "peer.pt")
+    print(f"peer: {step} steps in {(r.ru_utime + r.ru_stime) / 60:.1f} CPU-min", flush=True)
+
+
+def peer_sampler(diffusion):
+    """Sample the peer with its own samplers, as its users do: its DDIM (eta 0, its spacing) for DDIM-k and its
+    ancestral p_sample_loop for DDPM-1000; torch's global generator seeded by ``seed``. Returns [-1, 1] images."""
+    def draw(kind: str, kw: dict, n: int, seed: int) -> torch.Tensor:
+        diffusion.sampling_timesteps = kw.get("steps", diffusion.num_timesteps) if kind == "ddim" else \
+            diffusion.num_timesteps
+        diffusion.is_ddim_sampling = diffusion.sampling_timesteps < diffusion.num_timesteps
+        torch.manual_seed(seed)
+        return diffusion.sample(batch_size=n) * 2 - 1  # it returns [0, 1] (auto_normalize)
+    return draw
+
+
 def run_leg(cmd: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
@@ -128,20 +190,20 @@ def load_models(out: Path, n: int, seed: int, only: str | None = None) -> dict:
     times = {p.stem[len("time_"):]: json.loads(p.read_text()) for p in out.glob("time_*.json")}
     models = {}
     # ours_eps: our recipe with --parameterization eps (the ablation that found the cause of grainy DDIM digits)
-    for leg in ("ours", "ours_eps", "ours_uncond"):
-        if not (out / leg / "checkpoint.pt").exists():
-            continue
+    # every run of ours in a subfolder: the legs above, and recipes trained with `python -m ddpm_tutor train mnist
+    # ... --out <out>/<name>` to compare with them
+    for leg in sorted(p.parent.name for p in out.glob("*/checkpoint.pt")):
         net, sched, state = load_model(out / leg / "checkpoint.pt", device="cpu")
         name = f"{leg} ({state['step']} steps, batch {state['train_config']['batch_size']})"
         cpu_s = times.get(leg, {}).get("cpu_s")
 
-        def eps_hat(x, t, y, m=net):  # load_model answers with eps whatever the network predicts
-            return m(x, t) if y is None else m(x, t, y)
-        if net.config.num_classes is None:
+        def eps_hat(x, t, y, m=net):  # load_model's Denoiser answers with eps whatever the network predicts
+            return m(x, t) if y is None else m.with_labels(y)(x, t)
+        if net.null_label is None:
             models[name] = ((lambda x, t, f=eps_hat: f(x, t, None)), cpu_s, None,
                             lambda x, t, y, f=eps_hat: f(x, t, None))
         else:
-            y = torch.randint(0, net.config.num_classes, (n,), generator=torch.Generator().manual_seed(seed + 1))
+            y = torch.randint(0, net.null_label, (n,), generator=torch.Generator().manual_seed(seed + 1))
             models[name + ", y ~ U{0..9}"] = ((lambda x, t, f=eps_hat, y=y: f(x, t, y[: x.shape[0]])), cpu_s, y,
                                               eps_hat)
     for step in BASELINE["eval_at"]:
@@ -157,6 +219,13 @@ def load_models(out: Path, n: int, seed: int, only: str | None = None) -> dict:
             fn = (lambda x, t, mm=m: mm(x, t).sample)
             models[f"diffusers UNet2DModel ({step} steps, batch 64), {label}"] = (
                 fn, ck["cpu_s"], None, lambda x, t, y, f=fn: f(x, t))
+    if (out / "peer.pt").exists():
+        ck = load_checkpoint(out / "peer.pt")
+        for key, label in (("ema_state_dict", f"EMA {PEER['ema_decay']}"), ("state_dict", "raw weights")):
+            d = peer_model().eval()
+            d.load_state_dict(ck[key])
+            models[f"denoising-diffusion-pytorch Unet ({ck['step']} steps, batch 64), {label}"] = (
+                None, ck["cpu_s"], None, None, peer_sampler(d))
     if only:
         models = {k: v for k, v in models.items() if any(o in k for o in only.split(","))}
     return models
@@ -212,10 +281,13 @@ def evaluate(out: Path, n: int, n_ddpm: int, samplers: list[str], seed: int, bpd
         q = image_quality(x_train[idx], x_test, labels=y_train[idx])  # label accuracy: the classifier's own
         results[f"real training digits|n={size}"] = q
         print(f"| real training digits | - | - | {size} | {fmt(q)} | {q['accuracy']:.3f} |", flush=True)
-        for name, (fn, cpu_s, labels, _) in models.items():
+        for name, (fn, cpu_s, labels, _, *own) in models.items():
             t0 = time.perf_counter()
-            x = sample(fn, sched, (size, 1, 28, 28), sampler=kind, clip_x0=True,
-                       generator=torch.Generator().manual_seed(seed), **kw)
+            if own:  # a peer sampled with its own sampler
+                x = own[0](kind, kw, size, seed)
+            else:
+                x = sample(fn, sched, (size, 1, 28, 28), sampler=kind, clip_x0=True,
+                           generator=torch.Generator().manual_seed(seed), **kw)
             q = image_quality(x, x_test, labels=None if labels is None else labels[:size])
             q.update(sampler=sampler_name, cpu_s=cpu_s, sample_s=time.perf_counter() - t0)
             results[f"{name}|{sampler_name}"] = q
@@ -229,7 +301,9 @@ def evaluate(out: Path, n: int, n_ddpm: int, samplers: list[str], seed: int, bpd
         print(f"\nbits/dim of {bpd_n} test digits ({bpd_terms} of 1000 terms: L_0 and L_T exact, the rest an "
               f"unbiased Monte Carlo estimate; +- is the standard error over digits and terms)")
         x, y = x_test[:bpd_n], y_test[:bpd_n]
-        for name, (_, _, labels, bpd_fn) in models.items():
+        for name, (_, _, labels, bpd_fn, *_own) in models.items():
+            if bpd_fn is None:  # a peer on its own schedule: not measured here
+                continue
             r = bits_per_dim(lambda a, t, f=bpd_fn: f(a, t, y), sched, x, n_terms=bpd_terms,
                              generator=torch.Generator().manual_seed(seed))
             drawn = r["terms"][:, 1:]
@@ -304,7 +378,7 @@ def machine() -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["ours", "ours_uncond", "diffusers", "evaluate", "table"], default=None,
+    p.add_argument("--only", choices=["ours", "ours_uncond", "diffusers", "peer", "evaluate", "table"], default=None,
                    help="one training leg; evaluate (the saved runs again); table (print results.json)")
     p.add_argument("--out", default="runs/bench_vs_diffusers")
     p.add_argument("--n", type=int, default=256, help="samples per model for the DDIM rows")
@@ -322,6 +396,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if args._leg == "diffusers":
         train_diffusers(out, args.seed)
+        return 0
+    if args._leg == "peer":
+        train_peer(out, args.seed)
         return 0
     if args.only == "table":
         print(table(out))
@@ -343,6 +420,8 @@ def main(argv=None) -> int:
     if args.only in (None, "diffusers"):
         legs["diffusers"] = [sys.executable, __file__, "--out", str(out), "--seed", str(args.seed),
                              "--_leg", "diffusers"]
+    if args.only == "peer":
+        legs["peer"] = [sys.executable, __file__, "--out", str(out), "--seed", str(args.seed), "--_leg", "peer"]
     if legs:
         for leg, measured in timed_legs(legs, out).items():  # one file per leg: legs may end at the same time
             (out / f"time_{leg}.json").write_text(json.dumps(measured, indent=1))
