@@ -11,7 +11,8 @@ Every file the package writes for a diffusion model is a dict with "format": FOR
   "losses".
 
 A training checkpoint (``Trainer.save``) adds what resuming needs ("model", "opt", "lr_sched",
-"generator", "torch_rng"); an export (:func:`export_weights`) drops that and adds "notes".
+"generator", "torch_rng"); an export (:func:`export_weights`) drops that and adds "notes". A digit classifier
+(:mod:`ddpm_tutor.classifier`) is a dict with "format": CLASSIFIER_FORMAT, "config", "state_dict" and "meta".
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from .models.unet import UNet, UNetConfig
 from .schedules import Schedule
 
 FORMAT = "ddpm_tutor/1"  # the "format" entry of every checkpoint the package writes (training and exported)
+CLASSIFIER_FORMAT = "ddpm_tutor/classifier/1"  # the "format" entry of a digit classifier (classifier.save_classifier)
+KINDS = {FORMAT: "checkpoint", CLASSIFIER_FORMAT: "digit classifier"}  # what each format holds, for messages
 # AveragedModel keeps its averaged copy as the submodule ``module``, so the EMA state dict's keys carry this prefix
 EMA_PREFIX = "module."
 MODEL_KEYS = ("model_spec", "schedule", "ema")  # what every checkpoint holds: enough to rebuild the EMA model
@@ -37,12 +40,13 @@ RESUME_KEYS = MODEL_KEYS + ("model", "opt", "lr_sched", "generator", "torch_rng"
 MODELS = {"mlp": (MLPConfig, MLPDenoiser), "unet": (UNetConfig, UNet)}  # model_spec "kind" -> (config, network)
 
 
-def check_format(state: dict, source: str | os.PathLike = "the checkpoint", keys: tuple[str, ...] = ()) -> dict:
-    """Return ``state`` if it is a ddpm_tutor checkpoint (its "format" is FORMAT) holding ``keys``; else a
+def check_format(state: dict, source: str | os.PathLike = "the checkpoint", keys: tuple[str, ...] = (),
+                 fmt: str = FORMAT) -> dict:
+    """Return ``state`` if its "format" is ``fmt`` (FORMAT or CLASSIFIER_FORMAT) and it holds ``keys``; else a
     clear ValueError."""
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") != fmt:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{source} is not a ddpm_tutor checkpoint: expected format {FORMAT!r}, found {found!r}")
+        raise ValueError(f"{source} is not a ddpm_tutor {KINDS[fmt]}: expected format {fmt!r}, found {found!r}")
     missing = [k for k in keys if k not in state]
     if missing:
         raise ValueError(f"{source} is a ddpm_tutor checkpoint without {', '.join(map(repr, missing))}: "

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Tensor = torch.Tensor
+from .checkpoint import CLASSIFIER_FORMAT, check_format, load_checkpoint, save_checkpoint
+from .checks import image_range, positive_int
 
-CLASSIFIER_FORMAT = "ddpm_tutor/classifier/1"
+Tensor = torch.Tensor
 
 
 @dataclass
@@ -91,10 +92,8 @@ def train_digit_classifier(x: Tensor, y: Tensor, *, steps: int = 600, batch_size
         raise ValueError(f"x must be images (N, 1, 28, 28), got {tuple(x.shape)}")
     if y.shape != x.shape[:1]:
         raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-    if x.min() < -1 or x.max() > 1:
-        raise ValueError("x must lie in [-1, 1] (load_mnist's range)")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    image_range(x, "x")
+    positive_int(steps, "steps")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = DigitClassifier(config).to(device or "cpu")
@@ -199,7 +198,6 @@ def sample_quality(classifier: DigitClassifier, samples: Tensor, reference: Tens
 
 def save_classifier(classifier: DigitClassifier, path, meta: dict | None = None) -> Path:
     """Write the classifier (config + weights + meta) atomically; read it with :func:`load_classifier`."""
-    from .checkpoint import save_checkpoint
     state = {"format": CLASSIFIER_FORMAT, "config": asdict(classifier.config),
              "state_dict": {k: v.detach().cpu() for k, v in classifier.state_dict().items()},
              "meta": dict(meta or {})}
@@ -208,10 +206,7 @@ def save_classifier(classifier: DigitClassifier, path, meta: dict | None = None)
 
 def load_classifier(path, device=None) -> DigitClassifier:
     """Read a classifier written by :func:`save_classifier` (weights_only load), in eval mode."""
-    from .checkpoint import load_checkpoint
-    state = load_checkpoint(path)
-    if state.get("format") != CLASSIFIER_FORMAT:
-        raise ValueError(f"{path} is not a ddpm_tutor digit classifier (format {CLASSIFIER_FORMAT!r})")
+    state = check_format(load_checkpoint(path), path, ("config", "state_dict"), fmt=CLASSIFIER_FORMAT)
     model = DigitClassifier(DigitClassifierConfig(**state["config"]))
     model.load_state_dict(state["state_dict"])
     model.meta = state.get("meta", {})

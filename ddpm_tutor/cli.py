@@ -278,7 +278,7 @@ def cmd_evaluate(args) -> int:
                      generator=torch.Generator().manual_seed(args.seed))
     terms = "all" if args.n_terms is None else args.n_terms
     print(f"bits/dim on {len(x)} test images ({terms} of {sched.T} terms, var_type={args.var_type}): "
-          f"{r['total'].mean():.3f} +- {r['total'].std() / len(x) ** 0.5:.3f}")
+          f"{r['total'].mean():.3f} +- {r['se']:.3f} (standard error over the images and the drawn steps)")
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Literal
 
 import torch
 
+from .checks import batch_steps, null_labels
 from .schedules import Schedule
 
 Tensor = torch.Tensor
@@ -25,10 +26,7 @@ VAR_TYPES = ("fixed_small", "fixed_large")
 def _check_batch(x: Tensor, t: Tensor) -> None:
     if not isinstance(x, Tensor) or x.ndim < 1:
         raise ValueError(f"x must be a tensor of shape (B, ...), got {type(x).__name__}")
-    t = torch.as_tensor(t)
-    if t.ndim != 0 and t.shape != x.shape[:1]:
-        raise ValueError(f"t must have shape (B,) = ({x.shape[0]},) to match x of shape {tuple(x.shape)}, "
-                         f"got {tuple(t.shape)}")
+    batch_steps(t, x.shape[0], batch=f"x of shape {tuple(x.shape)}")
 
 
 def q_mean_variance(sched: Schedule, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -165,16 +163,6 @@ def expand_labels(y, B: int, device) -> Tensor:
     return y.long()
 
 
-def expand_steps(t, B: int, device) -> Tensor:
-    """Step indices for a batch of B: one index for every row, or a (B,) tensor."""
-    t = torch.as_tensor(t, device=device)
-    if t.ndim == 0:
-        t = t.expand(B)
-    if t.shape != (B,):
-        raise ValueError(f"t must be one step index or a tensor of shape ({B},), got shape {tuple(t.shape)}")
-    return t.long()
-
-
 _NULL = object()  # the labels of Denoiser.unconditional(): the null label, repeated to the batch size
 
 
@@ -238,8 +226,7 @@ class Denoiser(torch.nn.Module):
         if self.y is None:
             return self.net(x_t, t)
         B = x_t.shape[0]
-        y = (torch.full((B,), self.null_label, dtype=torch.long, device=x_t.device) if self.y is _NULL
-             else expand_labels(self.y, B, x_t.device))
+        y = null_labels(B, self.null_label, x_t.device) if self.y is _NULL else expand_labels(self.y, B, x_t.device)
         return self.net(x_t, t, y)
 
     def predict(self, x_t: Tensor, t: Tensor, model_out: Tensor | None = None) -> tuple[Tensor, Tensor]:

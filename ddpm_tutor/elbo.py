@@ -8,8 +8,8 @@ The bound (Luo 2022, eq. 58; Ho et al. 2020, eq. 5), in nats, for one data point
 
 Two independent ways to compute it:
 
-* :func:`continuous_elbo_terms` -- Monte Carlo over x_t for any model, built only from the library's
-  ``q_posterior``, ``p_mean_variance`` and ``normal_kl``, with a *continuous* Gaussian decoder
+* :func:`continuous_elbo_terms` -- Monte Carlo over x_t for any model (:mod:`ddpm_tutor.bound`), built only
+  from the library's ``q_posterior``, ``p_mean_variance`` and ``normal_kl``, with a *continuous* Gaussian decoder
   p(x_0 | x_1) = N(x_0; mu_theta(x_1, 1), sigma_1^2) (the discretised decoder of ``losses`` needs image
   data on 256 levels; 1D/2D toy data is continuous).
 * :func:`gaussian_elbo_terms` -- exact, for 1D data x_0 ~ N(m, s^2) and a *linear Gaussian* reverse model
@@ -29,8 +29,7 @@ from typing import Callable
 
 import torch
 
-from .diffusion import VarType, as_denoiser, p_mean_variance, q_posterior, q_sample, reverse_variance
-from .losses import normal_kl
+from .diffusion import VarType, reverse_variance
 from .schedules import Schedule
 
 Tensor = torch.Tensor
@@ -189,57 +188,26 @@ def exact_log_likelihood(x0: Tensor, m: float, s: float) -> Tensor:
                                                                                           dtype=torch.float64))
 
 
-@torch.no_grad()
 def continuous_elbo_terms(model: Callable[[Tensor, Tensor], Tensor], sched: Schedule, x0: Tensor, *,
                           generator: torch.Generator | None = None, var_type: VarType = "fixed_small",
-                          steps=None) -> dict[str, Tensor]:
-    """Monte Carlo bound terms (nats) for continuous data, from the library's own pieces.
+                          k: int | None = None) -> dict[str, Tensor]:
+    """Monte Carlo bound terms (nats per example) for continuous data, from the library's own pieces.
 
-    ``model``: a :class:`~ddpm_tutor.diffusion.Denoiser` or a plain eps model(x_t, t).
-
-    For each requested step index i (paper's t = i + 1) one x_t ~ q(x_t | x_0) is drawn per example, and
-    * i = 0:  L_0 = -log N(x_0; mu_theta(x_1, 1), sigma_1^2), the continuous Gaussian decoder, with mean and
-      log variance from ``p_mean_variance`` (with var_type fixed_small this is the clipped beta_tilde_2 of Ho et
-      al.'s likelihood code: beta_tilde_1 = 0 would make the density degenerate; the sampler's last step adds
-      no noise at all);
-    * i >= 1: L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)) by ``normal_kl`` of
-      ``q_posterior`` and ``p_mean_variance``;
-    * prior: L_T = KL(q(x_T | x_0) || N(0, I)) exactly (:func:`prior_kl`).
-    Elements are summed over every non-batch dimension (nats per example).
-
-    x0: (B, ...) float. ``steps``: None for all T steps or a list of indices (the others are NaN; the
-    ``elbo`` then estimates the full sum by T / len(steps) times the drawn ones, which is unbiased when the
-    steps are drawn uniformly). Returns dict(terms (B, T), prior (B,), elbo (B,)).
+    :func:`ddpm_tutor.bound.vlb` with the continuous decoder L_0 = -log N(x_0; mu_theta(x_1, 1), sigma_1^2)
+    (sigma_1^2 the clipped beta_tilde_2 for both variance choices, as Ho et al.'s likelihood code: beta_tilde_1
+    = 0 would make the density degenerate), the KL terms by ``normal_kl`` of ``q_posterior`` and
+    ``p_mean_variance``, one x_t ~ q(x_t | x_0) per term and example, and L_T exactly (:func:`prior_kl`);
+    per-dimension values times the number of dimensions. ``model``: a Denoiser or a plain eps model(x_t, t).
+    x0: (B, ...) float. ``k``: None for all T steps, or stratified sampling of k - 1 of the steps 1..T-1 (the
+    others are NaN in ``terms``; ``elbo`` is the unbiased estimate). Returns dict(terms (B, T), prior (B,),
+    elbo (B,)), elbo = -(prior + sum of terms).
     """
-    if not isinstance(x0, Tensor) or x0.ndim < 1 or not x0.is_floating_point():
-        raise ValueError(f"x0 must be a float tensor of shape (B, ...), got {getattr(x0, 'shape', type(x0))}")
-    if not torch.isfinite(x0).all():
-        raise ValueError("x0 must be finite, got NaN or inf")
-    T, B = sched.T, x0.shape[0]
-    idx = list(range(T)) if steps is None else sorted({int(i) for i in steps})
-    if not idx or idx[0] < 0 or idx[-1] > T - 1:
-        raise ValueError(f"steps must be step indices in 0..{T - 1}, got {steps!r}")
-    dims = tuple(range(1, x0.ndim))
-    den = as_denoiser(model, sched)
-
-    def flat_sum(v: Tensor) -> Tensor:
-        return v.sum(dim=dims) if dims else v
-
-    terms = torch.full((B, T), float("nan"), dtype=torch.float64)
-    for i in idx:
-        t = torch.full((B,), i, dtype=torch.long, device=x0.device)
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        x_t = q_sample(sched, x0, t, eps)
-        p = p_mean_variance(den, sched, x_t, t, var_type=var_type)
-        if i == 0:
-            val = -gaussian_log_likelihood(x0, p["mean"], p["log_variance"])
-        else:
-            mu_tilde, _, log_bt = q_posterior(sched, x0, x_t, t)
-            val = normal_kl(mu_tilde, log_bt, p["mean"], p["log_variance"])
-        terms[:, i] = flat_sum(val).double().cpu()
-    prior = flat_sum(prior_kl(sched, x0.double().cpu()))
-    drawn = terms[:, idx]
-    return {"terms": terms, "prior": prior, "elbo": -(prior + drawn.sum(dim=1) * (T / len(idx)))}
+    from .bound import vlb  # bound builds on this module
+    r = vlb(model, sched, x0, k=k, var_types=(var_type,), decoder="continuous", units="nats", generator=generator)
+    D = x0[0].numel()
+    terms = torch.full((x0.shape[0], sched.T), float("nan"), dtype=torch.float64)
+    terms[:, r["steps"]] = r[var_type]["terms"] * D
+    return {"terms": terms, "prior": r["prior"] * D, "elbo": -r[var_type]["total"] * D}
 
 
 def vp_linear_schedule(T: int, beta_min: float = 0.1, beta_max: float = 20.0) -> Schedule:

@@ -22,8 +22,9 @@ from typing import Callable
 
 import torch
 
+from .checks import batch_steps
 from .data.mixtures import GaussianMixture, mixture_class_posterior
-from .diffusion import Denoiser, as_denoiser, expand_labels, expand_steps
+from .diffusion import Denoiser, as_denoiser, expand_labels
 from .schedules import Schedule
 
 Tensor = torch.Tensor
@@ -42,7 +43,7 @@ def classifier_grad(classifier: Callable[[Tensor, Tensor], Tensor], x_t: Tensor,
     """grad_x log p(y | x_t, t) of a classifier returning logits (B, K), by autograd. Returns (B, ...)."""
     B = x_t.shape[0]
     y = expand_labels(y, B, x_t.device)
-    t = expand_steps(t, B, x_t.device)
+    t = batch_steps(t, B, x_t.device).long()
     with torch.enable_grad():
         x = x_t.detach().requires_grad_(True)
         logits = classifier(x, t)
@@ -71,7 +72,7 @@ def classifier_guided_model(model: Model, classifier: Callable[[Tensor, Tensor],
     den = as_denoiser(model, sched)
 
     def guided(x_t: Tensor, t: Tensor) -> Tensor:
-        t = expand_steps(t, x_t.shape[0], x_t.device)
+        t = batch_steps(t, x_t.shape[0], x_t.device).long()
         with torch.no_grad():
             eps = den(x_t, t)
         if scale == 0.0:
@@ -111,7 +112,7 @@ def cfg_model(model: Denoiser | Callable[..., Tensor], y, scale: float, null_lab
 
     def guided(x_t: Tensor, t: Tensor) -> Tensor:
         B = x_t.shape[0]
-        t = expand_steps(t, B, x_t.device)
+        t = batch_steps(t, B, x_t.device).long()
         yy = expand_labels(y, B, x_t.device)
         if scale == 0.0:
             return call(x_t, t, yy)

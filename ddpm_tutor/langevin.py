@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from .checks import positive_int
 from .data.mixtures import GaussianMixture
 
 Tensor = torch.Tensor
@@ -50,12 +51,6 @@ def _check_step(step_size, what: str = "step_size") -> float:
     if not (math.isfinite(h) and h > 0):
         raise ValueError(f"{what} must be a positive number, got {step_size!r}")
     return h
-
-
-def _check_n(n, what: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{what} must be an integer >= 1, got {n!r}")
-    return n
 
 
 def _score(score_fn, x: Tensor, *args) -> Tensor:
@@ -97,7 +92,7 @@ def langevin_steps(score_fn: Callable[[Tensor], Tensor], x: Tensor, step_size: f
     """
     x = _check_x(x).clone()
     h = _check_step(step_size)
-    _check_n(n_steps, "n_steps")
+    positive_int(n_steps, "n_steps")
     for k in range(n_steps):
         x = langevin_update(x, _score(score_fn, x), h, _noise_like(x, generator))
     _check_finite_state(x, f"after {n_steps} steps of size {h:g}")
@@ -152,7 +147,7 @@ def annealed_langevin(score_fn: Callable[[Tensor, int], Tensor], x: Tensor, sigm
     """
     x = _check_x(x).clone()
     s = _check_sigmas(sigmas)
-    _check_n(n_steps_each, "n_steps_each")
+    positive_int(n_steps_each, "n_steps_each")
     eps_step = _check_step(eps_step, "eps_step")
     it = _annealed_iter(score_fn, x, s, n_steps_each, eps_step, generator)
     if yield_intermediates:
@@ -166,7 +161,7 @@ def annealed_langevin(score_fn: Callable[[Tensor, int], Tensor], x: Tensor, sigm
 def geometric_sigmas(sigma_max: float, sigma_min: float, n_levels: int) -> Tensor:
     """n_levels noise levels from sigma_max down to sigma_min, equally spaced in log (Song & Ermon 2019, sec. 5)."""
     hi, lo = _check_step(sigma_max, "sigma_max"), _check_step(sigma_min, "sigma_min")
-    _check_n(n_levels, "n_levels")
+    positive_int(n_levels, "n_levels")
     if n_levels > 1 and not hi > lo:
         raise ValueError(f"sigma_max must exceed sigma_min, got {sigma_max!r} <= {sigma_min!r}")
     return torch.logspace(math.log10(hi), math.log10(lo), n_levels, dtype=torch.float64)

@@ -10,8 +10,8 @@ from typing import Callable, Literal
 
 import torch
 
-from .diffusion import (VarType, as_denoiser, p_mean_variance, q_mean_variance, q_posterior, q_sample,
-                        reverse_variance, target_for)
+from .checks import image_range
+from .diffusion import VarType, as_denoiser, q_mean_variance, q_sample, reverse_variance, target_for
 from .schedules import Schedule
 
 Tensor = torch.Tensor
@@ -122,12 +122,8 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tens
 
 
 def check_image_range(x: Tensor) -> None:
-    """Refuse data outside [-1, 1]: images must be scaled by x/127.5 - 1 first."""
-    if not torch.isfinite(x).all():
-        raise ValueError("data must be finite, got NaN or inf")
-    if x.min() < -1.0 - 1e-6 or x.max() > 1.0 + 1e-6:
-        raise ValueError(f"data must lie in [-1, 1] (scale images by x/127.5 - 1), got range "
-                         f"[{x.min().item():.4g}, {x.max().item():.4g}]")
+    """Refuse data outside [-1, 1] (images must be scaled by x/127.5 - 1 first), with 1e-6 of slack for round-off."""
+    image_range(x, "data", tol=1e-6)
 
 
 def prior_bpd(sched: Schedule, x0: Tensor) -> Tensor:
@@ -138,60 +134,18 @@ def prior_bpd(sched: Schedule, x0: Tensor) -> Tensor:
     return mean_flat(kl) / math.log(2.0)
 
 
-def vlb_term_bpd(model, sched: Schedule, x0: Tensor, x_t: Tensor, t: Tensor, *, var_type: VarType = "fixed_small",
-                 clip_x0: bool = False, model_out: Tensor | None = None) -> dict[str, Tensor]:
-    """One term of the bound in bits/dim (B,): L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0,
-    and L_0 = -log p(x_0 | x_1) under the discretised decoder where t == 0 (Ho et al. 2020, eq. 5, 13).
-    ``model``: a Denoiser or an eps model; ``model_out``, if given, its output at (x_t, t). Also returns the
-    model's x0_hat and eps_hat.
-    """
-    p = p_mean_variance(model, sched, x_t, t, var_type=var_type, clip_x0=clip_x0, model_out=model_out)
-    mu_tilde, _, log_bt = q_posterior(sched, x0, x_t, t)
-    bpd = mean_flat(normal_kl(mu_tilde, log_bt, p["mean"], p["log_variance"])) / math.log(2.0)
-    first = t == 0
-    if first.any():  # L_0 only where t == 0: it needs image data on the 256 levels
-        log_scale = (0.5 * p["log_variance"]).expand_as(x0)[first]
-        nll = -mean_flat(discretized_gaussian_log_likelihood(x0[first], p["mean"][first], log_scale)) / math.log(2.0)
-        bpd = bpd.clone()
-        bpd[first] = nll.to(bpd.dtype)
-    return {"bpd": bpd, "x0_hat": p["x0_hat"], "eps_hat": p["eps_hat"]}
-
-
-@torch.no_grad()
 def bits_per_dim(model, sched: Schedule, x0: Tensor, *, var_type: VarType = "fixed_small", clip_x0: bool = False,
-                 n_terms: int | None = None, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """The negative variational bound -ELBO of x0 in bits per dimension (Ho et al. 2020, eq. 5, Table 2).
+                 n_terms: int | None = None, generator: torch.Generator | None = None) -> dict:
+    """The negative variational bound of 8-bit images in bits per dimension (Ho et al. 2020, eq. 5, Table 2).
 
-    ``model``: a :class:`~ddpm_tutor.diffusion.Denoiser` (labels fixed by ``with_labels`` or ``unconditional``)
-    or a plain eps model. ``n_terms=None`` sums all T terms exactly (one forward pass each); an integer k
-    computes L_0 exactly and estimates the sum of the other T-1 terms by k-1 uniformly drawn steps times
-    (T-1)/(k-1) (unbiased).
-    x0: data on 256 levels in [-1, 1], (B, ...). Returns dict with total (B,), prior (B,), terms (B, T)
-    (NaN where a term was not drawn) and n_terms.
+    :func:`ddpm_tutor.bound.vlb` for one variance choice: all T terms (``n_terms=None``), or L_T and L_0 exactly
+    and the rest by stratified sampling of n_terms - 1 steps (unbiased). x0: (B, ...) on the 256 levels of
+    [-1, 1]. Returns dict(total (B,), prior (B,), terms (B, T) with NaN where a step was not drawn, n_terms,
+    se_steps, se_images, se).
     """
-    check_image_range(x0)
-    den = as_denoiser(model, sched)
-    B, T = x0.shape[0], sched.T
-    if n_terms is None:
-        ts = torch.arange(T)
-    else:
-        low = min(2, T)  # L_0 plus at least one drawn term
-        if isinstance(n_terms, bool) or not isinstance(n_terms, int) or not low <= n_terms <= T:
-            raise ValueError(f"n_terms must be None (all {T} terms) or an integer in {low}..{T}, got {n_terms!r}")
-        # L_0 (the decoder) is by far the largest term and is always computed; the other k-1 are drawn
-        # uniformly from the remaining T-1 steps and scaled by (T-1)/(k-1) below
-        rest = 1 + torch.randperm(T - 1, generator=generator)[: n_terms - 1]
-        ts = torch.cat([torch.zeros(1, dtype=torch.long), rest]).sort().values
-    terms = torch.full((B, T), float("nan"), dtype=torch.float64)
-    for step in ts.tolist():
-        t = torch.full((B,), step, dtype=torch.long, device=x0.device)
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        x_t = q_sample(sched, x0, t, eps)
-        terms[:, step] = vlb_term_bpd(den, sched, x0, x_t, t, var_type=var_type, clip_x0=clip_x0)["bpd"].double().cpu()
-    prior = prior_bpd(sched, x0).double().cpu()
-    if len(ts) == T:
-        total = prior + terms.sum(dim=1)
-    else:
-        others = terms[:, ts[1:]].sum(dim=1) * ((T - 1) / max(1, len(ts) - 1)) if len(ts) > 1 else 0.0
-        total = prior + terms[:, 0] + others
-    return {"total": total, "prior": prior, "terms": terms, "n_terms": len(ts)}
+    from .bound import vlb  # bound builds on this module
+    r = vlb(model, sched, x0, k=n_terms, var_types=(var_type,), generator=generator, clip_x0=clip_x0)
+    terms = torch.full((x0.shape[0], sched.T), float("nan"), dtype=torch.float64)
+    terms[:, r["steps"]] = r[var_type]["terms"]
+    return {"terms": terms, "prior": r["prior"], "n_terms": len(r["steps"]),
+            **{key: r[var_type][key] for key in ("total", "se_steps", "se_images", "se")}}

@@ -15,8 +15,9 @@ from typing import Callable
 
 import torch
 
+from .checks import batch_steps, positive_int, step_indices
 from .diffusion import Parameterization, VarType, as_denoiser, p_from_prediction, to_x0_eps
-from .schedules import Schedule, check_t
+from .schedules import Schedule
 
 Tensor = torch.Tensor
 Model = Callable[[Tensor, Tensor], Tensor]
@@ -48,10 +49,6 @@ def _noise(shape, generator, device, dtype) -> Tensor:
     # Drawn on the generator's device then moved, so a CPU generator gives the same numbers on any device.
     gen_device = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
-
-
-def _t_batch(step: int, B: int, device) -> Tensor:
-    return torch.full((B,), step, dtype=torch.long, device=device)
 
 
 def _check_x_T(x_T: Tensor | None, shape: Sequence[int]) -> None:
@@ -96,7 +93,7 @@ def ddpm_steps(model: Model, sched: Schedule, shape: Sequence[int], *, generator
     x = _noise(tuple(shape), generator, device, dtype) if x_T is None else x_T.to(device)
     yield SamplerState(t_start, x)
     for step in range(t_start, -1, -1):
-        t = _t_batch(step, x.shape[0], device)
+        t = batch_steps(step, x.shape[0], device)
         with torch.no_grad():
             out = den.model_out(x, t)
         z = _noise(x.shape, generator, device, x.dtype) if step > 0 else torch.zeros_like(x)
@@ -118,8 +115,7 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
 
     Song et al. 2021, sec. 4.2 and appendix D.2 ("linear" spacing; diffusers' "leading").
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
-        raise ValueError(f"steps must be an integer in 1..{T}, got {steps!r}")
+    positive_int(steps, "steps", most=T)
     k = T // steps
     return [i * k for i in range(steps)][::-1]
 
@@ -163,7 +159,7 @@ def ddim_steps(model: Model, sched: Schedule, shape: Sequence[int], *, steps: in
     den = as_denoiser(model, sched)
     device = torch.device(device) if device is not None else torch.device("cpu")
     ts = list(timesteps) if timesteps is not None else ddim_timesteps(sched.T, steps)
-    check_t(torch.tensor(ts), sched.T)
+    step_indices(torch.tensor(ts), sched.T)
     if any(a <= b for a, b in zip(ts, ts[1:])):
         raise ValueError(f"timesteps must be strictly decreasing, got {ts[:6]}...")
     _check_x_T(x_T, shape)
@@ -171,7 +167,7 @@ def ddim_steps(model: Model, sched: Schedule, shape: Sequence[int], *, steps: in
     yield SamplerState(ts[0], x)
     for i, step in enumerate(ts):
         prev = ts[i + 1] if i + 1 < len(ts) else -1
-        t = _t_batch(step, x.shape[0], device)
+        t = batch_steps(step, x.shape[0], device)
         with torch.no_grad():
             out = den.model_out(x, t)
         z = _noise(x.shape, generator, device, x.dtype) if eta > 0 else None

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .checks import positive_int, step_indices
+
 Tensor = torch.Tensor
 
 
@@ -95,7 +97,7 @@ class Schedule:
     @classmethod
     def linear(cls, T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> "Schedule":
         """The paper's linear schedule: beta_t from beta_1 to beta_T (Ho et al. 2020, sec. 4)."""
-        T = _check_T(T)
+        T = positive_int(T, "T")
         if T == 1:
             return cls(torch.tensor([beta_1], dtype=torch.float64), name="linear")
         return cls(torch.linspace(beta_1, beta_T, T, dtype=torch.float64), name="linear")
@@ -106,7 +108,7 @@ class Schedule:
 
         Nichol & Dhariwal 2021, eq. 17; beta clipped at ``max_beta`` as there.
         """
-        T = _check_T(T)
+        T = positive_int(T, "T")
         if not (0 < max_beta < 1):
             raise ValueError(f"max_beta must lie in (0, 1), got {max_beta!r}")
         steps = torch.arange(T + 1, dtype=torch.float64) / T
@@ -130,7 +132,7 @@ class Schedule:
             # Scaling beta by 1000/T (Nichol & Dhariwal 2021) keeps the sum of the betas, so bar alpha_T stays
             # roughly where it was (2.0e-5 at T = 100, 4.0e-5 at T = 1000, 4.2e-5 at T = 4000). It does not keep
             # the first step: SNR(1) = 1/beta_1 - 1 scales with T/1000 (about 1e3 at T = 100, 1e4 at T = 1000).
-            scale = 1000 / _check_T(T)
+            scale = 1000 / positive_int(T, "T")
             return cls.linear(T, 1e-4 * scale, min(0.02 * scale, 0.999))
         if name == "cosine":
             return cls.cosine(T)
@@ -149,26 +151,8 @@ class Schedule:
                 values = self._cast[key] = getattr(self, table).to(device=x.device, dtype=x.dtype)
         else:
             values = table.to(x.device)
-        t = check_t(t, values.numel())
+        t = step_indices(t, values.numel())
         out = values[t.to(x.device)]
         if out.dtype != x.dtype:
             out = out.to(x.dtype)
         return out.reshape(out.shape + (1,) * (x.ndim - out.ndim))
-
-
-def _check_T(T) -> int:
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"T must be an integer >= 1, got {T!r}")
-    return T
-
-
-def check_t(t, T: int) -> Tensor:
-    """Validate integer time indices in 0..T-1 (see the module docstring) and return them as int64."""
-    t = torch.as_tensor(t)
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"t must hold integer step indices in 0..{T - 1}, got dtype {t.dtype}")
-    if t.numel():
-        lo, hi = (int(v) for v in torch.aminmax(t))  # one pass over t: this runs at every sampler step
-        if lo < 0 or hi > T - 1:
-            raise ValueError(f"t must lie in 0..{T - 1} (index i is the paper's step i+1), got range {lo}..{hi}")
-    return t.long()

@@ -15,6 +15,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from .checks import positive_int
 from .checkpoint import FORMAT, RESUME_KEYS, check_format, load_checkpoint, save_checkpoint
 from .checkpoint import build_model, load_model, model_spec_of  # noqa: F401 - they live in checkpoint.py
 from .device import default_device
@@ -63,8 +64,7 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+            positive_int(getattr(self, name), name)
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not 0 <= self.ema_decay < 1:

@@ -257,6 +257,8 @@ def scatter_player(
 def _check_images(x, what: str = "images") -> "torch.Tensor":  # noqa: F821
     import torch
 
+    from .checks import image_range  # here, like torch: importing viz does not import torch
+
     if not isinstance(x, torch.Tensor):
         x = torch.as_tensor(np.asarray(x))
     x = x.detach().to("cpu", torch.float32)
@@ -264,15 +266,7 @@ def _check_images(x, what: str = "images") -> "torch.Tensor":  # noqa: F821
         x = x.unsqueeze(0)
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"{what} must have shape (B, C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{what} must be finite, got NaN or inf")
-    lo, hi = x.min().item(), x.max().item()
-    if lo < -1.0 or hi > 1.0:
-        raise ValueError(
-            f"{what} must lie in [-1, 1] (the data range of the book), got values in [{lo:.3g}, {hi:.3g}]; "
-            "nothing is clipped silently: to show x_t, clip it yourself with x.clamp(-1, 1) and say so"
-        )
-    return x
+    return image_range(x, what)
 
 
 def image_grid(x, nrow: int = 8, *, ax=None, padding: int = 2, title: str | None = None) -> np.ndarray:

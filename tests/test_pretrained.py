@@ -94,13 +94,26 @@ def test_files_of_another_format_are_refused_by_every_loader(tmp_path):
 
 
 def test_shipped_digit_classifier_loads():
+    from ddpm_tutor.checkpoint import CLASSIFIER_FORMAT
     from ddpm_tutor.classifier import load_digit_classifier
-    assert load_checkpoint(CHECKPOINT_DIR / "mnist_classifier.pt")["format"] == "ddpm_tutor/classifier/1"
+    assert CLASSIFIER_FORMAT == "ddpm_tutor/classifier/1"  # the tag of the shipped file: changing it orphans the file
+    assert load_checkpoint(CHECKPOINT_DIR / "mnist_classifier.pt")["format"] == CLASSIFIER_FORMAT
     clf = load_digit_classifier()
     assert not clf.training
     with torch.no_grad():
         logits = clf(torch.zeros(2, 1, 28, 28))
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+
+
+def test_classifier_and_diffusion_checkpoints_refuse_each_other():
+    """checkpoint.check_format guards both formats: each loader names the format it expected and the one it found."""
+    from ddpm_tutor.classifier import load_classifier
+    with pytest.raises(ValueError, match=r"not a ddpm_tutor digit classifier: expected format "
+                                         r"'ddpm_tutor/classifier/1', found 'ddpm_tutor/1'"):
+        load_classifier(CHECKPOINT_DIR / "mnist_unet.pt")
+    with pytest.raises(ValueError, match=r"not a ddpm_tutor checkpoint: expected format 'ddpm_tutor/1', "
+                                         r"found 'ddpm_tutor/classifier/1'"):
+        load_model(CHECKPOINT_DIR / "mnist_classifier.pt")
 
 
 def test_sample_shape_and_model_come_from_the_spec():

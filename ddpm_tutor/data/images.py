@@ -17,6 +17,8 @@ from typing import Union
 import numpy as np
 import torch
 
+from ..checks import image_range
+
 Tensor = torch.Tensor
 PathLike = Union[str, os.PathLike]
 
@@ -53,23 +55,6 @@ def to_model_range(images) -> Tensor:
     return x.to(torch.float32) / 127.5 - 1.0
 
 
-def check_model_range(x: Tensor, name: str = "x") -> Tensor:
-    """Return x unchanged if it is a finite floating tensor with every value in [-1, 1]; else ValueError."""
-    if not torch.is_tensor(x) or not x.is_floating_point():
-        got = x.dtype if torch.is_tensor(x) else type(x).__name__
-        raise ValueError(f"{name} must be a floating-point tensor with values in [-1, 1], got {got}")
-    if x.numel() == 0:
-        return x
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} must be finite with values in [-1, 1], but it holds "
-                         f"{int((~torch.isfinite(x)).sum())} NaN/inf values")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < -1.0 or hi > 1.0:
-        raise ValueError(f"{name} must have values in [-1, 1] (the model's range, x / 127.5 - 1), "
-                         f"got values in [{lo:.4g}, {hi:.4g}]")
-    return x
-
-
 def from_model_range(x: Tensor, clip: bool = False) -> Tensor:
     """Model range [-1, 1] -> uint8 0..255 for display: round((x + 1) * 127.5). Any shape.
 
@@ -80,7 +65,7 @@ def from_model_range(x: Tensor, clip: bool = False) -> Tensor:
         if not torch.is_tensor(x) or not x.is_floating_point() or not bool(torch.isfinite(x).all()):
             raise ValueError("from_model_range(clip=True) needs a finite floating-point tensor")
         x = x.clamp(-1.0, 1.0)
-    check_model_range(x)
+    image_range(x)
     return ((x + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)  # clamp only guards float rounding
 
 

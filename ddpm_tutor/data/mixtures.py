@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..diffusion import expand_labels, expand_steps
+from ..checks import batch_steps, null_labels
+from ..diffusion import expand_labels
 
 if TYPE_CHECKING:
     from ..schedules import Schedule
@@ -284,8 +285,8 @@ def exact_conditional_eps_model(mixture: GaussianMixture, sched: Schedule, class
 
     def model(x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         B = x_t.shape[0]
-        t = expand_steps(t, B, "cpu")
-        y = torch.full((B,), null, dtype=torch.long) if y is None else expand_labels(y, B, "cpu").cpu()
+        t = batch_steps(t, B, "cpu").long()
+        y = null_labels(B, null) if y is None else expand_labels(y, B, "cpu").cpu()
         x64 = x_t.detach().cpu().to(torch.float64)
         out = torch.empty_like(x64)
         for step in t.unique().tolist():
@@ -316,7 +317,7 @@ def exact_classifier(mixture: GaussianMixture, sched: Schedule, classes=None) ->
 
     def classifier(x_t: Tensor, t: Tensor) -> Tensor:
         B = x_t.shape[0]
-        t = expand_steps(t, B, "cpu")
+        t = batch_steps(t, B, "cpu").long()
         x64 = x_t.to(torch.float64)
         rows, order = [], []
         for step in t.unique().tolist():

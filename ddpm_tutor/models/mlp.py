@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..checks import batch_steps, class_labels, null_labels
+
 Tensor = torch.Tensor
 
 
@@ -67,18 +69,11 @@ class MLPDenoiser(nn.Module):
         c = self.config
         if x.ndim != 2 or x.shape[1] != c.data_dim:
             raise ValueError(f"x must have shape (B, {c.data_dim}), got {tuple(x.shape)}")
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
+        B = x.shape[0]
+        t = batch_steps(t, B, x.device, batch=f"x of shape {tuple(x.shape)}")
         emb = self.t_mlp(timestep_embedding(t, c.t_dim).to(x.dtype))
         if self.label_emb is not None:
-            if y is None:
-                y = torch.full((x.shape[0],), c.num_classes, device=x.device, dtype=torch.long)
-            if y.shape != (x.shape[0],) or int(y.min()) < 0 or int(y.max()) > c.num_classes:
-                raise ValueError(f"y must hold labels in 0..{c.num_classes} (the last is 'no label'), shape "
-                                 f"({x.shape[0]},)")
+            y = class_labels(null_labels(B, c.num_classes, x.device) if y is None else y, B, c.num_classes)
             emb = emb + self.label_emb(y)
         elif y is not None:
             raise ValueError("this model is unconditional (num_classes=None) but labels y were given")

@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..diffusion import expand_steps, q_sample
+from ..checks import batch_steps, positive_int
+from ..diffusion import q_sample
 from ..schedules import Schedule
 from .mlp import timestep_embedding
 
@@ -51,7 +52,7 @@ class NoisyClassifier(nn.Module):
         c = self.config
         if x.ndim != 2 or x.shape[1] != c.data_dim:
             raise ValueError(f"x must have shape (B, {c.data_dim}), got {tuple(x.shape)}")
-        t = expand_steps(t, x.shape[0], x.device)
+        t = batch_steps(t, x.shape[0], x.device).long()
         emb = self.t_mlp(timestep_embedding(t, c.t_dim))
         h = self.inp(x)
         for layer in self.layers:
@@ -70,8 +71,7 @@ def train_noisy_classifier(classifier: nn.Module, sched: Schedule, x: Tensor, y:
     x: (N, D) clean data, y: (N,) labels. All randomness comes from ``generator`` (CPU). Returns the
     per-step losses (nats). The classifier is left in eval mode.
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    positive_int(steps, "steps")
     x = torch.as_tensor(x, dtype=torch.float32)
     y = torch.as_tensor(y, dtype=torch.long)
     if x.ndim != 2 or y.shape != x.shape[:1]:

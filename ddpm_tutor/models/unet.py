@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import batch_steps, class_labels, null_labels, positive_int, step_indices
 from .mlp import timestep_embedding
 
 Tensor = torch.Tensor
@@ -47,9 +48,7 @@ class UNetConfig:
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
         self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
         for name in ("image_size", "in_channels", "out_channels", "ch", "num_res_blocks", "num_groups"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"UNetConfig.{name} must be a positive integer, got {value!r}")
+            positive_int(getattr(self, name), f"UNetConfig.{name}")
         if not self.ch_mult or min(self.ch_mult) < 1:
             raise ValueError(f"UNetConfig.ch_mult must be a non-empty tuple of positive integers, got {self.ch_mult}")
         factor = 2 ** (len(self.ch_mult) - 1)
@@ -272,29 +271,13 @@ class UNet(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"x_t must be a floating-point tensor of shape {expected}, got dtype {x.dtype}")
         B = x.shape[0]
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(B)
-        if t.shape != (B,):
-            raise ValueError(f"t must have shape ({B},) to match x_t's batch, got {tuple(t.shape)}")
-        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise ValueError(f"t must hold integer step indices 0..T-1 (an integer tensor of shape ({B},)), "
-                             f"got dtype {t.dtype}")
-        if B and int(t.min()) < 0:
-            raise ValueError(f"t must hold step indices 0..T-1, got a negative value {int(t.min())}")
+        # integer steps >= 0 of shape (B,); the network knows no schedule, so it cannot check t < T
+        t = step_indices(batch_steps(t, B, x.device, batch=f"x_t of shape {tuple(x.shape)}"))
         if self.label_emb is None:
             if y is not None:
                 raise ValueError("this model is unconditional (num_classes=None) but labels y were given")
         else:
-            if y is None:
-                y = torch.full((B,), c.num_classes, device=x.device, dtype=torch.long)
-            if not torch.is_tensor(y) or y.shape != (B,) or y.is_floating_point() or y.dtype == torch.bool:
-                got = (tuple(y.shape), y.dtype) if torch.is_tensor(y) else type(y).__name__
-                raise ValueError(f"y must be an integer tensor of shape ({B},) with labels 0..{c.num_classes}, "
-                                 f"got {got}")
-            if B and (int(y.min()) < 0 or int(y.max()) > c.num_classes):
-                raise ValueError(f"y must hold labels 0..{c.num_classes} ({c.num_classes} is the 'null' label), "
-                                 f"got values in [{int(y.min())}, {int(y.max())}]")
+            y = class_labels(null_labels(B, c.num_classes, x.device) if y is None else y, B, c.num_classes)
         return t, y
 
     def forward(self, x: Tensor, t, y: Optional[Tensor] = None) -> Tensor:

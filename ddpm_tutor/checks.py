@@ -1,0 +1,89 @@
+"""Argument checks shared by the package; each raises ValueError naming what it expected and what it got.
+
+- :func:`positive_int`: an int >= 1 (a size, a count of steps), optionally at most ``most``;
+- :func:`batch_steps`: step indices t for a batch of B: one index, or a tensor of shape (B,);
+- :func:`step_indices`: integer step indices in 0..T-1 (index i is the paper's step i+1);
+- :func:`image_range`: a finite floating tensor in [-1, 1], the model's range for images (x / 127.5 - 1);
+- :func:`class_labels` and :func:`null_labels`: labels 0..C of a network with C classes, C being the null label
+  ("no label", used by classifier-free guidance).
+
+Nothing here casts, clips or broadcasts silently: a check returns its input, or says what it does to it.
+"""
+from __future__ import annotations
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def positive_int(value, name: str, most: int | None = None) -> int:
+    """Return ``value`` if it is an int >= 1 (and <= ``most`` when given); bools and floats are refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (most is not None and value > most):
+        expected = "a positive integer (an integer >= 1)" if most is None else f"an integer in 1..{most}"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+def batch_steps(t, B: int, device=None, batch: str = "the batch") -> Tensor:
+    """Step indices t as a (B,) tensor on ``device``: a (B,) tensor unchanged but for the device, or one index
+    repeated B times (an expanded view). The dtype is kept; ``batch`` names what B comes from, for the message."""
+    t = torch.as_tensor(t, device=device)
+    if t.ndim == 0:
+        return t.expand(B)
+    if t.shape != (B,):
+        raise ValueError(f"t must have shape (B,) to match {batch}, i.e. shape ({B},), or be one step index; "
+                         f"got shape {tuple(t.shape)}")
+    return t
+
+
+def step_indices(t, T: int | None = None) -> Tensor:
+    """Return t (any shape) as int64 if it holds integer step indices in 0..T-1.
+
+    With T None only t >= 0 is checked: a network knows no schedule, so it cannot know T.
+    """
+    t = torch.as_tensor(t)
+    top = "T-1" if T is None else T - 1
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"t must hold integer step indices in 0..{top}, got dtype {t.dtype}")
+    if t.numel():
+        lo, hi = (int(v) for v in torch.aminmax(t))  # one pass over t: this runs at every sampler step
+        if lo < 0 or (T is not None and hi > T - 1):
+            raise ValueError(f"t must lie in 0..{top} (index i is the paper's step i+1), got range {lo}..{hi}")
+    return t.long()
+
+
+def image_range(x, name: str = "x", tol: float = 0.0) -> Tensor:
+    """Return ``x`` if it is a finite floating tensor with every value in [-1 - tol, 1 + tol]; any shape."""
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        got = f"dtype {x.dtype}" if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"{name} must be a floating-point tensor with values in [-1, 1], got {got}")
+    if x.numel() == 0:
+        return x
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} must be finite with values in [-1, 1], but it holds "
+                         f"{int((~torch.isfinite(x)).sum())} NaN/inf values")
+    lo, hi = (float(v) for v in torch.aminmax(x))
+    if lo < -1.0 - tol or hi > 1.0 + tol:
+        raise ValueError(f"{name} must lie in [-1, 1] (images scaled as x / 127.5 - 1; nothing is clipped "
+                         f"silently: clamp with x.clamp(-1, 1) yourself where you mean to), "
+                         f"got values in [{lo:.4g}, {hi:.4g}]")
+    return x
+
+
+def class_labels(y, B: int, num_classes: int) -> Tensor:
+    """Return ``y`` if it is an integer tensor of shape (B,) with labels 0..num_classes (the last is the null
+    label)."""
+    if not torch.is_tensor(y) or y.shape != (B,) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        got = f"shape {tuple(y.shape)} and dtype {y.dtype}" if torch.is_tensor(y) else type(y).__name__
+        raise ValueError(f"y must be an integer tensor of shape ({B},) with labels 0..{num_classes} "
+                         f"({num_classes} is the null label, 'no label'), got {got}")
+    if B and (int(y.min()) < 0 or int(y.max()) > num_classes):
+        raise ValueError(f"y must hold labels 0..{num_classes} ({num_classes} is the null label, 'no label'), "
+                         f"got values in [{int(y.min())}, {int(y.max())}]")
+    return y
+
+
+def null_labels(B: int, num_classes: int, device=None) -> Tensor:
+    """The null label ("no label") of a network with ``num_classes`` classes, which reserves the index
+    num_classes for it, for a batch of B: (B,) int64."""
+    return torch.full((B,), num_classes, dtype=torch.long, device=device)
