@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: book book-student test test-lib test-nb test-book test-browser venv clean node-deps chromium mathjax
+.PHONY: book book-student test lint test-lib test-nb test-book test-browser venv clean node-deps chromium mathjax
 
 venv: $(STAMP)
 
@@ -40,8 +40,13 @@ book-student: $(STAMP) mathjax
 	@! grep -rl 'class="solution' _build_student/_build/html --include=*.html \
 	  || { echo "make book-student: a solution is left in the pages above"; exit 1; }
 
-## Every test: the library, the notebooks (nbval, budget ci), the book build and the browser check
-test: test-lib test-nb test-book test-browser
+## Every test: lint, the library, the notebooks (nbval, budget ci), the book build and the browser check
+test: lint test-lib test-nb test-book test-browser
+
+## ruff (settings in pyproject.toml): lint and format of the library, tests and benchmarks
+lint: $(STAMP)
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 
 ## Two workers, one thread each: the tests are many small computations, so two processes use the two cores
 ## better than one process with two threads (whose spinning threads also slow everything else down).

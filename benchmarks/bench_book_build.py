@@ -9,6 +9,7 @@ Needs the set-up `make book` does first (the venv and `make mathjax`). Prints a 
 the time depends on the machine and on what else runs on it, so the load average is printed too.
 The book's target is under 15 minutes for budget `book` on 2 CPU cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,17 @@ EXECUTED = re.compile(r"(?P<path>\S+\.ipynb): Executed notebook in (?P<seconds>[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", default="book", choices=["ci", "book", "full"],
-                        help="DDPM_TUTOR_BUDGET for the chapters (default: book, what readers build)")
-    parser.add_argument("--out", default="runs/bench_book_build",
-                        help="output folder, emptied first: a new one or an earlier --out (default: runs/bench_book_build)")
+    parser.add_argument(
+        "--budget",
+        default="book",
+        choices=["ci", "book", "full"],
+        help="DDPM_TUTOR_BUDGET for the chapters (default: book, what readers build)",
+    )
+    parser.add_argument(
+        "--out",
+        default="runs/bench_book_build",
+        help="output folder, emptied first: a new one or an earlier --out (default: runs/bench_book_build)",
+    )
     args = parser.parse_args()
 
     jb = Path(sys.executable).with_name("jupyter-book")
@@ -42,16 +50,20 @@ def main() -> int:
     out = (ROOT / args.out).resolve()
     # the folder is emptied first: only one that is new, empty or made by this benchmark (it has build.log)
     if ROOT.is_relative_to(out) or (out.is_dir() and any(out.iterdir()) and not (out / "build.log").exists()):
-        sys.exit(f"--out {out} is the project, contains it, or holds files this benchmark did not write; "
-                 "expected a new folder or an earlier --out of this benchmark")
+        sys.exit(
+            f"--out {out} is the project, contains it, or holds files this benchmark did not write; "
+            "expected a new folder or an earlier --out of this benchmark"
+        )
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     log_path = out / "build.log"
     cmd = [str(jb), "build", ".", "--path-output", str(out), "-W", "-n", "--keep-going"]
 
     print(f"command: DDPM_TUTOR_BUDGET={args.budget} {shlex.join(cmd)}  (cwd {ROOT})")
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}")
+    print(
+        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}"
+    )
     print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     env = dict(os.environ, DDPM_TUTOR_BUDGET=args.budget)
     start = time.perf_counter()
@@ -67,9 +79,11 @@ def main() -> int:
         print(f"{str(path):<{width}}  {seconds:13.1f}")
     executed = sum(s for _, s in chapters)
     print(f"{'all ' + str(len(chapters)) + ' chapters':<{width}}  {executed:13.1f}")
-    print(f"\nbuild {'succeeded' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}: "
-          f"wall {int(wall // 60)} min {int(wall % 60):02d} s ({wall:.0f} s; of it {wall - executed:.0f} s not in "
-          f"chapter execution); log in {log_path.relative_to(ROOT)}")
+    print(
+        f"\nbuild {'succeeded' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}: "
+        f"wall {int(wall // 60)} min {int(wall % 60):02d} s ({wall:.0f} s; of it {wall - executed:.0f} s not in "
+        f"chapter execution); log in {log_path.relative_to(ROOT)}"
+    )
     print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     return proc.returncode
 

@@ -10,6 +10,7 @@ eps error on 128 test digits at a few t, the error the sampler inherits. Prints 
 The runs of the ablation were made with ``python -m ddpm_tutor train mnist --conditional --device cpu`` and
 the flags the model card lists.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,14 +38,16 @@ def main(argv=None) -> int:
     from ddpm_tutor.train import load_model
 
     print(f"# {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
-    print(f"# machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"# machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f}"
+    )
     x_test, y_test = load_mnist(train=False)
     x_train, _ = load_mnist(train=True)
     axes = ("frechet_clf", "frechet_rand", "border", "grey", "confidence", "balance", "accuracy")
     print("| model | " + " | ".join(axes) + " | eps MSE at t = 1, 21, 201, 701 |")
     print("|---" * (len(axes) + 2) + "|")
-    real = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))[:args.n]]
+    real = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))[: args.n]]
     q = image_quality(real, x_test)
     print("| real training digits | " + " | ".join(f"{q[k]:.4g}" if k in q else "-" for k in axes) + " | - |")
     for path in args.checkpoints:
@@ -67,10 +70,11 @@ def main(argv=None) -> int:
             out = model(x_t, t) if k is None else model.with_labels(y_test[:128])(x_t, t)
             mse.append(f"{((out - eps) ** 2).mean():.3f}")
         tc = state["train_config"]
-        name = (f"{path} ({tc['parameterization']}, {tc['weighting']}, {state['step']} steps, "
-                f"batch {tc['batch_size']})")
-        print(f"| {name} | " + " | ".join(f"{q[k]:.4g}" if k in q else "-" for k in axes) +
-              f" | {', '.join(mse)} |", flush=True)
+        name = f"{path} ({tc['parameterization']}, {tc['weighting']}, {state['step']} steps, batch {tc['batch_size']})"
+        print(
+            f"| {name} | " + " | ".join(f"{q[k]:.4g}" if k in q else "-" for k in axes) + f" | {', '.join(mse)} |",
+            flush=True,
+        )
     return 0
 
 

@@ -10,6 +10,7 @@ its penultimate features to the 500 offline test digits (with the real-digit flo
 
 CPU seconds are process CPU time of the training steps only (evaluation excluded); wall seconds likewise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from ddpm_tutor.classifier import (features, frechet_distance, gaussian_stats, load_digit_classifier,
-                                       sample_quality)
+    from ddpm_tutor.classifier import features, frechet_distance, gaussian_stats, load_digit_classifier, sample_quality
     from ddpm_tutor.cli import TRAIN_DEFAULTS
     from ddpm_tutor.data.images import load_mnist
     from ddpm_tutor.diffusion import Denoiser
@@ -52,20 +52,32 @@ def main(argv=None) -> int:
     cfg = TrainConfig(**recipe, seed=args.seed, p_uncond=0.1)
     torch.manual_seed(args.seed)
     model = UNet(UNetConfig.mnist(num_classes=10))
-    trainer = Trainer(model, Schedule.linear(1000), x, cfg, labels=y, device="cpu",
-                      model_spec={"kind": "unet", "config": model.config.to_dict()})
+    trainer = Trainer(
+        model,
+        Schedule.linear(1000),
+        x,
+        cfg,
+        labels=y,
+        device="cpu",
+        model_spec={"kind": "unet", "config": model.config.to_dict()},
+    )
     clf = load_digit_classifier()
     ref = gaussian_stats(features(clf, x_test))
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[: args.n]
     floor = frechet_distance(*gaussian_stats(features(clf, x[idx])), *ref)
 
     print(f"# {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
-    print(f"# machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at start")
-    print(f"# recipe: {recipe}; n = {args.n} samples, DDIM {args.ddim_steps} steps; "
-          f"real-digit Frechet floor {floor:.2f}")
-    print(f"{'step':>6s} {'cpu_min':>8s} {'wall_min':>9s} {'loss':>7s} {'confidence':>11s} {'balance':>8s} "
-          f"{'frechet':>8s}")
+    print(
+        f"# machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at start"
+    )
+    print(
+        f"# recipe: {recipe}; n = {args.n} samples, DDIM {args.ddim_steps} steps; real-digit Frechet floor {floor:.2f}"
+    )
+    print(
+        f"{'step':>6s} {'cpu_min':>8s} {'wall_min':>9s} {'loss':>7s} {'confidence':>11s} {'balance':>8s} "
+        f"{'frechet':>8s}"
+    )
     cpu = wall = 0.0
     while trainer.step < cfg.steps:
         target = min(cfg.steps, trainer.step + args.every)
@@ -74,12 +86,21 @@ def main(argv=None) -> int:
         cpu += time.process_time() - c0
         wall += time.perf_counter() - w0
         ema = Denoiser(trainer.ema_model, trainer.sched, cfg.parameterization).eval().unconditional()
-        samples = ddim_sample(ema, trainer.sched, (args.n, 1, 28, 28),
-                              steps=args.ddim_steps, generator=torch.Generator().manual_seed(2), clip_x0=True)
+        samples = ddim_sample(
+            ema,
+            trainer.sched,
+            (args.n, 1, 28, 28),
+            steps=args.ddim_steps,
+            generator=torch.Generator().manual_seed(2),
+            clip_x0=True,
+        )
         q = sample_quality(clf, samples, reference=x_test)
         loss = sum(trainer.losses[-50:]) / len(trainer.losses[-50:])
-        print(f"{trainer.step:6d} {cpu / 60:8.2f} {wall / 60:9.2f} {loss:7.4f} {q['confidence']:11.3f} "
-              f"{q['balance']:8.3f} {q['frechet']:8.2f}", flush=True)
+        print(
+            f"{trainer.step:6d} {cpu / 60:8.2f} {wall / 60:9.2f} {loss:7.4f} {q['confidence']:11.3f} "
+            f"{q['balance']:8.3f} {q['frechet']:8.2f}",
+            flush=True,
+        )
     return 0
 
 

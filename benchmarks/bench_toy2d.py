@@ -2,9 +2,11 @@
 
 Run: .venv/bin/python benchmarks/bench_toy2d.py [--max-steps 8000] [--n 2000]
 Prints a table (not a test): (1) training time on one core (evaluation excluded) until the EMA model's DDPM
-and DDIM-50 samples are within 1.5x of the data-vs-data floor on sliced Wasserstein and energy distance; (2) the sampler's wall time divided by the
-time of the bare network forward passes it makes, for DDPM (1000 steps) and DDIM (50 steps).
+and DDIM-50 samples are within 1.5x of the data-vs-data floor on sliced Wasserstein and energy distance;
+(2) the sampler's wall time divided by the time of the bare network forward passes it makes, for DDPM (1000
+steps) and DDIM (50 steps).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +28,10 @@ from ddpm_tutor.train import TrainConfig, Trainer
 
 
 def machine() -> str:
-    return (f"{platform.platform()} | {os.cpu_count()} CPUs | torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads) | python {platform.python_version()}")
+    return (
+        f"{platform.platform()} | {os.cpu_count()} CPUs | torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads) | python {platform.python_version()}"
+    )
 
 
 def draw(n, g):
@@ -49,16 +53,22 @@ def train_to_floor(args) -> list[tuple]:
         net = Denoiser(trainer.ema_model, sched, cfg.parameterization).eval()
         # 5 independent sets of samples x 5 data draws each, as `evaluate` does (one set alone is too noisy)
         with torch.no_grad():
-            xs = [ddpm_sample(net, sched, (args.n, 2), generator=torch.Generator().manual_seed(1 + k))
-                  for k in range(5)]
+            xs = [
+                ddpm_sample(net, sched, (args.n, 2), generator=torch.Generator().manual_seed(1 + k)) for k in range(5)
+            ]
             r = compare_to_data(xs, draw, references=5)
-            xs = [ddim_sample(net, sched, (args.n, 2), steps=50, generator=torch.Generator().manual_seed(1 + k))
-                  for k in range(5)]
+            xs = [
+                ddim_sample(net, sched, (args.n, 2), steps=50, generator=torch.Generator().manual_seed(1 + k))
+                for k in range(5)
+            ]
             r_ddim = compare_to_data(xs, draw, references=5)
         rows.append((target, train_time, r["sw_ratio"], r["ed_ratio"], r_ddim["sw_ratio"], r_ddim["ed_ratio"]))
-        print(f"  step {target:>6}: train {train_time:6.1f} s  DDPM: SW/floor {r['sw_ratio']:.2f}  "
-              f"energy/floor {r['ed_ratio']:.2f}; DDIM-50: SW/floor {r_ddim['sw_ratio']:.2f}  "
-              f"energy/floor {r_ddim['ed_ratio']:.2f} (5 sample sets x 5 data draws)", flush=True)
+        print(
+            f"  step {target:>6}: train {train_time:6.1f} s  DDPM: SW/floor {r['sw_ratio']:.2f}  "
+            f"energy/floor {r['ed_ratio']:.2f}; DDIM-50: SW/floor {r_ddim['sw_ratio']:.2f}  "
+            f"energy/floor {r_ddim['ed_ratio']:.2f} (5 sample sets x 5 data draws)",
+            flush=True,
+        )
         if max(rows[-1][2:]) <= 1.5:
             break
     return rows
@@ -69,22 +79,34 @@ def overhead(args) -> list[tuple]:
     model = MLPDenoiser().eval()
     rows = []
     for name, n_calls, run in (
-        ("ddpm 1000 steps", 1000, lambda: ddpm_sample(model, sched, (args.n, 2), generator=torch.Generator().manual_seed(0))),
-        ("ddim 50 steps", 50, lambda: ddim_sample(model, sched, (args.n, 2), steps=50,
-                                                   generator=torch.Generator().manual_seed(0))),
+        (
+            "ddpm 1000 steps",
+            1000,
+            lambda: ddpm_sample(model, sched, (args.n, 2), generator=torch.Generator().manual_seed(0)),
+        ),
+        (
+            "ddim 50 steps",
+            50,
+            lambda: ddim_sample(model, sched, (args.n, 2), steps=50, generator=torch.Generator().manual_seed(0)),
+        ),
     ):
         ts = list(range(999, -1, -1)) if n_calls == 1000 else ddim_timesteps(1000, 50)
         x = torch.randn(args.n, 2)
         t_batches = [torch.full((args.n,), s, dtype=torch.long) for s in ts]
 
-        def bare():
+        def bare(x=x, t_batches=t_batches):
             with torch.no_grad():
                 for t in t_batches:
                     model(x, t)
+
         best_bare, best_run = float("inf"), float("inf")
         for _ in range(args.repeats):  # interleaved, best of, in this process's CPU time: robust to other load
-            t0 = time.process_time(); bare(); best_bare = min(best_bare, time.process_time() - t0)
-            t0 = time.process_time(); run(); best_run = min(best_run, time.process_time() - t0)
+            t0 = time.process_time()
+            bare()
+            best_bare = min(best_bare, time.process_time() - t0)
+            t0 = time.process_time()
+            run()
+            best_run = min(best_run, time.process_time() - t0)
         rows.append((name, best_run, best_bare, best_run / best_bare))
     return rows
 
@@ -103,19 +125,24 @@ def main():
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     if args.overhead_only:
         for name, run_s, bare_s, ratio in overhead(args):
-            print(f"| {name}, n={args.n}: sampler / bare forward passes | {run_s:.3f} s / {bare_s:.3f} s = "
-                  f"{ratio:.3f} |")
+            print(
+                f"| {name}, n={args.n}: sampler / bare forward passes | {run_s:.3f} s / {bare_s:.3f} s = {ratio:.3f} |"
+            )
         return
     print(f"training to 1.5x the noise floor (two moons, MLP 125k params, recipe {TRAIN_DEFAULTS['toy2d']}):")
     rows = train_to_floor(args)
     reached = [r for r in rows if max(r[2:]) <= 1.5]
     print("| result | value |\n|---|---|")
     if reached:
-        print(f"| training time until DDPM and DDIM-50 are within 1.5x of the floor on SW and energy | "
-              f"{reached[0][1]:.1f} s ({reached[0][0]} steps) |")
+        print(
+            f"| training time until DDPM and DDIM-50 are within 1.5x of the floor on SW and energy | "
+            f"{reached[0][1]:.1f} s ({reached[0][0]} steps) |"
+        )
     else:
-        print(f"| training time until DDPM and DDIM-50 are within 1.5x of the floor on SW and energy | not reached "
-              f"in {rows[-1][0]} steps ({rows[-1][1]:.1f} s, worst ratio {max(rows[-1][2:]):.2f}) |")
+        print(
+            f"| training time until DDPM and DDIM-50 are within 1.5x of the floor on SW and energy | not reached "
+            f"in {rows[-1][0]} steps ({rows[-1][1]:.1f} s, worst ratio {max(rows[-1][2:]):.2f}) |"
+        )
     for name, run_s, bare_s, ratio in overhead(args):
         print(f"| {name}, n={args.n}: sampler / bare forward passes | {run_s:.3f} s / {bare_s:.3f} s = {ratio:.3f} |")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")

@@ -10,6 +10,7 @@ The models alternate step by step and medians are reported. Where the CPU comput
 a third row times our U-Net with the bf16 autocast that the MNIST recipe (amp="auto") uses.
 Prints a table (never pass/fail): timings depend on the machine and on what else runs on it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,12 +33,21 @@ def diffusers_config_for(cfg: UNetConfig) -> dict:
     n = len(cfg.ch_mult)
     attn = [r in cfg.attn_resolutions for r in cfg.resolutions]
     return dict(
-        sample_size=cfg.image_size, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
-        block_out_channels=tuple(cfg.ch * m for m in cfg.ch_mult), layers_per_block=cfg.num_res_blocks,
+        sample_size=cfg.image_size,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        block_out_channels=tuple(cfg.ch * m for m in cfg.ch_mult),
+        layers_per_block=cfg.num_res_blocks,
         down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
         up_block_types=tuple("AttnUpBlock2D" if attn[n - 1 - i] else "UpBlock2D" for i in range(n)),
-        attention_head_dim=None, norm_num_groups=cfg.num_groups, norm_eps=1e-6, downsample_padding=0,
-        flip_sin_to_cos=False, freq_shift=1, dropout=cfg.dropout, act_fn="silu",
+        attention_head_dim=None,
+        norm_num_groups=cfg.num_groups,
+        norm_eps=1e-6,
+        downsample_padding=0,
+        flip_sin_to_cos=False,
+        freq_shift=1,
+        dropout=cfg.dropout,
+        act_fn="silu",
     )
 
 
@@ -71,8 +81,10 @@ def main(argv=None) -> None:
     from diffusers import UNet2DModel
 
     print("command:", " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv))
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(
+        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
     if hasattr(os, "getloadavg"):
         print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
@@ -83,19 +95,28 @@ def main(argv=None) -> None:
     # same weights, so both run the same function; check it before timing anything
     ours.load_state_dict(unet_from_diffusers(theirs)[1])
     g = torch.Generator().manual_seed(0)
-    batches = [(torch.rand(args.batch, 1, 28, 28, generator=g) * 2 - 1,
-                torch.randint(0, 1000, (args.batch,), generator=g),
-                torch.randn(args.batch, 1, 28, 28, generator=g)) for _ in range(args.warmup + args.steps)]
+    batches = [
+        (
+            torch.rand(args.batch, 1, 28, 28, generator=g) * 2 - 1,
+            torch.randint(0, 1000, (args.batch,), generator=g),
+            torch.randn(args.batch, 1, 28, 28, generator=g),
+        )
+        for _ in range(args.warmup + args.steps)
+    ]
     theirs.eval()
     ours.eval()
     with torch.no_grad():  # diffusers does not zero-initialise, so equal outputs here are not trivial
         x, t, _ = batches[0]
         diff = (theirs(x, t).sample - ours(x, t)).abs().max().item()
-    print(f"parameters: ours {count_parameters(ours):,}, diffusers {count_parameters(theirs):,}; "
-          f"max |output difference| {diff:.2e}")
+    print(
+        f"parameters: ours {count_parameters(ours):,}, diffusers {count_parameters(theirs):,}; "
+        f"max |output difference| {diff:.2e}"
+    )
 
-    trainers = {"ddpm_tutor UNet": Trainer(ours, lambda m, x, t: m(x, t)),
-                "diffusers UNet2DModel": Trainer(theirs, lambda m, x, t: m(x, t).sample)}
+    trainers = {
+        "ddpm_tutor UNet": Trainer(ours, lambda m, x, t: m(x, t)),
+        "diffusers UNet2DModel": Trainer(theirs, lambda m, x, t: m(x, t).sample),
+    }
     if native_bf16(torch.device("cpu")):  # what the MNIST recipe (amp="auto") uses on this CPU
         twin = UNet(cfg)
         twin.load_state_dict(ours.state_dict())
@@ -113,6 +134,7 @@ def main(argv=None) -> None:
     for name, ts in times.items():
         sec = statistics.median(ts)
         print(f"{name:<{width}}{sec:>10.3f}{1 / sec:>10.2f}{args.batch / sec:>10.0f}")
+
 
 if __name__ == "__main__":
     main()

@@ -25,6 +25,7 @@ CPU minutes are the training process's user + system time, start-up and data loa
 
 Prints tables; never pass/fail. Runs go to --out (default runs/bench_vs_diffusers).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,15 +42,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-BASELINE = dict(steps=3000, batch_size=64, lr=1e-3, grad_clip=1.0, ema_max_decay=0.9999, ema_power=0.75,
-                eval_at=(1000, 2000, 3000))
+BASELINE = dict(
+    steps=3000, batch_size=64, lr=1e-3, grad_clip=1.0, ema_max_decay=0.9999, ema_power=0.75, eval_at=(1000, 2000, 3000)
+)
 
 
 def diffusers_baseline_model():
     from diffusers import UNet2DModel
-    return UNet2DModel(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
-                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+
+    return UNet2DModel(
+        sample_size=28,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    )
 
 
 def train_diffusers(out: Path, seed: int) -> None:
@@ -64,11 +73,17 @@ def train_diffusers(out: Path, seed: int) -> None:
 
     from ddpm_tutor.checkpoint import save_checkpoint
     from ddpm_tutor.data.images import load_mnist
+
     x, _ = load_mnist(train=True)
     torch.manual_seed(seed)
     model = diffusers_baseline_model().train()
-    ema = EMAModel(model.parameters(), decay=BASELINE["ema_max_decay"], use_ema_warmup=True,
-                   inv_gamma=1.0, power=BASELINE["ema_power"])
+    ema = EMAModel(
+        model.parameters(),
+        decay=BASELINE["ema_max_decay"],
+        use_ema_warmup=True,
+        inv_gamma=1.0,
+        power=BASELINE["ema_power"],
+    )
     scheduler = DDPMScheduler(num_train_timesteps=1000)  # linear 1e-4 .. 0.02, the paper's schedule
     opt = torch.optim.AdamW(model.parameters(), lr=BASELINE["lr"])
     g = torch.Generator().manual_seed(seed)
@@ -88,11 +103,22 @@ def train_diffusers(out: Path, seed: int) -> None:
             r = resource.getrusage(resource.RUSAGE_SELF)
             ema_model = diffusers_baseline_model()
             ema.copy_to(ema_model.parameters())
-            save_checkpoint({"state_dict": model.state_dict(), "ema_state_dict": ema_model.state_dict(),
-                             "ema_decay": ema.get_decay(ema.optimization_step), "step": step, "losses": losses,
-                             "cpu_s": r.ru_utime + r.ru_stime}, out / f"diffusers_{step}.pt")
-            print(f"diffusers step {step}: loss(last 100) {sum(losses[-100:]) / 100:.4f}, "
-                  f"cpu {(r.ru_utime + r.ru_stime) / 60:.1f} min", flush=True)
+            save_checkpoint(
+                {
+                    "state_dict": model.state_dict(),
+                    "ema_state_dict": ema_model.state_dict(),
+                    "ema_decay": ema.get_decay(ema.optimization_step),
+                    "step": step,
+                    "losses": losses,
+                    "cpu_s": r.ru_utime + r.ru_stime,
+                },
+                out / f"diffusers_{step}.pt",
+            )
+            print(
+                f"diffusers step {step}: loss(last 100) {sum(losses[-100:]) / 100:.4f}, "
+                f"cpu {(r.ru_utime + r.ru_stime) / 60:.1f} min",
+                flush=True,
+            )
 
 
 # The second peer, lucidrains' denoising-diffusion-pytorch (pip install denoising-diffusion-pytorch==2.3.4),
@@ -101,13 +127,15 @@ def train_diffusers(out: Path, seed: int) -> None:
 # at 1.0). Changed for MNIST on a CPU, as for the diffusers baseline: batch 64 (the other legs' batch), lr 1e-3
 # instead of 1e-4 (meant for 100k-step GPU runs), no horizontal flips (digits are not mirror-symmetric). It
 # trains until its process has used cpu_s CPU-seconds, the CPU our recipe takes, and reports the steps it made.
-PEER = dict(batch_size=64, lr=1e-3, adam_betas=(0.9, 0.99), ema_decay=0.995, ema_update_every=10,
-            grad_clip=1.0, cpu_s=15 * 60)
+PEER = dict(
+    batch_size=64, lr=1e-3, adam_betas=(0.9, 0.99), ema_decay=0.995, ema_update_every=10, grad_clip=1.0, cpu_s=15 * 60
+)
 
 
 def peer_model():
     """lucidrains' Unet(dim=32, dim_mults=(1, 2, 2)) for one channel inside its GaussianDiffusion (defaults)."""
     from denoising_diffusion_pytorch import GaussianDiffusion, Unet
+
     return GaussianDiffusion(Unet(dim=32, dim_mults=(1, 2, 2), channels=1), image_size=28, timesteps=1000)
 
 
@@ -118,6 +146,7 @@ def train_peer(out: Path, seed: int) -> None:
 
     from ddpm_tutor.checkpoint import save_checkpoint
     from ddpm_tutor.data.images import load_mnist
+
     x, _ = load_mnist(train=True)
     x = (x + 1) / 2
     torch.manual_seed(seed)
@@ -136,24 +165,37 @@ def train_peer(out: Path, seed: int) -> None:
         losses.append(loss.item())
         step += 1
         if step % 50 == 0:
-            print(f"peer step {step}: loss(last 50) {sum(losses[-50:]) / 50:.4f}, "
-                  f"cpu {time.process_time() / 60:.1f} min", flush=True)
+            print(
+                f"peer step {step}: loss(last 50) {sum(losses[-50:]) / 50:.4f}, cpu {time.process_time() / 60:.1f} min",
+                flush=True,
+            )
     r = resource.getrusage(resource.RUSAGE_SELF)
-    save_checkpoint({"state_dict": diffusion.state_dict(), "ema_state_dict": ema.ema_model.state_dict(),
-                     "step": step, "losses": losses, "cpu_s": r.ru_utime + r.ru_stime, "recipe": PEER},
-                    out / "peer.pt")
+    save_checkpoint(
+        {
+            "state_dict": diffusion.state_dict(),
+            "ema_state_dict": ema.ema_model.state_dict(),
+            "step": step,
+            "losses": losses,
+            "cpu_s": r.ru_utime + r.ru_stime,
+            "recipe": PEER,
+        },
+        out / "peer.pt",
+    )
     print(f"peer: {step} steps in {(r.ru_utime + r.ru_stime) / 60:.1f} CPU-min", flush=True)
 
 
 def peer_sampler(diffusion):
     """Sample the peer with its own samplers, as its users do: its DDIM (eta 0, its spacing) for DDIM-k and its
     ancestral p_sample_loop for DDPM-1000; torch's global generator seeded by ``seed``. Returns [-1, 1] images."""
+
     def draw(kind: str, kw: dict, n: int, seed: int) -> torch.Tensor:
-        diffusion.sampling_timesteps = kw.get("steps", diffusion.num_timesteps) if kind == "ddim" else \
-            diffusion.num_timesteps
+        diffusion.sampling_timesteps = (
+            kw.get("steps", diffusion.num_timesteps) if kind == "ddim" else diffusion.num_timesteps
+        )
         diffusion.is_ddim_sampling = diffusion.sampling_timesteps < diffusion.num_timesteps
         torch.manual_seed(seed)
         return diffusion.sample(batch_size=n) * 2 - 1  # it returns [0, 1] (auto_normalize)
+
     return draw
 
 
@@ -171,10 +213,14 @@ def timed_legs(legs: dict[str, list[str]], out: Path) -> dict[str, dict]:
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode:
             raise SystemExit(f"{name} leg failed (exit {proc.returncode}); see {out / (name + '.log')}")
-        result[name] = {"wall_s": time.perf_counter() - start, "cpu_s": usage.ru_utime + usage.ru_stime,
-                        "cmd": " ".join(shlex.quote(c) for c in legs[name])}
-        print(f"{name}: {result[name]['cpu_s'] / 60:.1f} CPU-min, {result[name]['wall_s'] / 60:.1f} wall-min",
-              flush=True)
+        result[name] = {
+            "wall_s": time.perf_counter() - start,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "cmd": " ".join(shlex.quote(c) for c in legs[name]),
+        }
+        print(
+            f"{name}: {result[name]['cpu_s'] / 60:.1f} CPU-min, {result[name]['wall_s'] / 60:.1f} wall-min", flush=True
+        )
     return result
 
 
@@ -187,7 +233,8 @@ def load_models(out: Path, n: int, seed: int, only: str | None = None) -> dict:
     """
     from ddpm_tutor.checkpoint import load_checkpoint
     from ddpm_tutor.train import load_model
-    times = {p.stem[len("time_"):]: json.loads(p.read_text()) for p in out.glob("time_*.json")}
+
+    times = {p.stem[len("time_") :]: json.loads(p.read_text()) for p in out.glob("time_*.json")}
     models = {}
     # ours_eps: our recipe with --parameterization eps (the ablation that found the cause of grainy DDIM digits)
     # every run of ours in a subfolder: the legs above, and recipes trained with `python -m ddpm_tutor train mnist
@@ -199,13 +246,22 @@ def load_models(out: Path, n: int, seed: int, only: str | None = None) -> dict:
 
         def eps_hat(x, t, y, m=net):  # load_model's Denoiser answers with eps whatever the network predicts
             return m(x, t) if y is None else m.with_labels(y)(x, t)
+
         if net.null_label is None:
-            models[name] = ((lambda x, t, f=eps_hat: f(x, t, None)), cpu_s, None,
-                            lambda x, t, y, f=eps_hat: f(x, t, None))
+            models[name] = (
+                (lambda x, t, f=eps_hat: f(x, t, None)),
+                cpu_s,
+                None,
+                lambda x, t, y, f=eps_hat: f(x, t, None),
+            )
         else:
             y = torch.randint(0, net.null_label, (n,), generator=torch.Generator().manual_seed(seed + 1))
-            models[name + ", y ~ U{0..9}"] = ((lambda x, t, f=eps_hat, y=y: f(x, t, y[: x.shape[0]])), cpu_s, y,
-                                              eps_hat)
+            models[name + ", y ~ U{0..9}"] = (
+                (lambda x, t, f=eps_hat, y=y: f(x, t, y[: x.shape[0]])),
+                cpu_s,
+                y,
+                eps_hat,
+            )
     for step in BASELINE["eval_at"]:
         path = out / f"diffusers_{step}.pt"
         if not path.exists():
@@ -216,30 +272,42 @@ def load_models(out: Path, n: int, seed: int, only: str | None = None) -> dict:
                 continue
             m = diffusers_baseline_model().eval()
             m.load_state_dict(ck[key])
-            fn = (lambda x, t, mm=m: mm(x, t).sample)
+            fn = lambda x, t, mm=m: mm(x, t).sample
             models[f"diffusers UNet2DModel ({step} steps, batch 64), {label}"] = (
-                fn, ck["cpu_s"], None, lambda x, t, y, f=fn: f(x, t))
+                fn,
+                ck["cpu_s"],
+                None,
+                lambda x, t, y, f=fn: f(x, t),
+            )
     if (out / "peer.pt").exists():
         ck = load_checkpoint(out / "peer.pt")
         for key, label in (("ema_state_dict", f"EMA {PEER['ema_decay']}"), ("state_dict", "raw weights")):
             d = peer_model().eval()
             d.load_state_dict(ck[key])
             models[f"denoising-diffusion-pytorch Unet ({ck['step']} steps, batch 64), {label}"] = (
-                None, ck["cpu_s"], None, None, peer_sampler(d))
+                None,
+                ck["cpu_s"],
+                None,
+                None,
+                peer_sampler(d),
+            )
     if only:
         models = {k: v for k, v in models.items() if any(o in k for o in only.split(","))}
     return models
 
 
 SAMPLERS = {  # name -> (sampler, keywords); all clip x0 to [-1, 1] as the paper's sampler does
-    "DDIM-20": ("ddim", dict(steps=20)), "DDIM-50": ("ddim", dict(steps=50)), "DDPM-1000": ("ddpm", {}),
+    "DDIM-20": ("ddim", dict(steps=20)),
+    "DDIM-50": ("ddim", dict(steps=50)),
+    "DDPM-1000": ("ddpm", {}),
 }
 AXES = ("frechet_clf", "frechet_rand", "border", "grey", "confidence", "balance")
 
 
 @torch.no_grad()
-def evaluate(out: Path, n: int, n_ddpm: int, samplers: list[str], seed: int, bpd_n: int, bpd_terms: int,
-             only: str | None) -> None:
+def evaluate(
+    out: Path, n: int, n_ddpm: int, samplers: list[str], seed: int, bpd_n: int, bpd_terms: int, only: str | None
+) -> None:
     """Every model x sampler on every axis of ddpm_tutor.quality, the real-digit row at the same n, bits/dim
     of the test digits; grids in out/grids, all numbers in out/results.json. Samples are the sampler's output
     as it is (the classifier clamps to [-1, 1] before judging, nothing else touches them)."""
@@ -261,17 +329,30 @@ def evaluate(out: Path, n: int, n_ddpm: int, samplers: list[str], seed: int, bpd
     tag = "".join(c if c.isalnum() else "_" for c in only) if only else ""
     results_path = out / (f"results_{tag}.json" if tag else "results.json")
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["_meta"] = {"command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
-                        "machine": machine(), "reference": f"the {len(x_test)} offline test digits"}
+    results["_meta"] = {
+        "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
+        "machine": machine(),
+        "reference": f"the {len(x_test)} offline test digits",
+    }
 
     def fmt(q):
-        return " | ".join(f"{q[k]:.4f}" if k in ("border", "grey") else f"{q[k]:.3f}" if k in
-                          ("confidence", "balance") else f"{q[k]:.2f}" for k in AXES)
+        return " | ".join(
+            f"{q[k]:.4f}"
+            if k in ("border", "grey")
+            else f"{q[k]:.3f}"
+            if k in ("confidence", "balance")
+            else f"{q[k]:.2f}"
+            for k in AXES
+        )
 
-    print(f"\nreference: the {len(x_test)} offline test digits; samples clip x0 to [-1, 1] and are not "
-          f"post-processed; border = pixels > 0.1 in the 3-pixel frame, grey = pixels in (0.05, 0.5)")
-    print("| model | training CPU-min | sampler | n | Frechet (classifier) | Frechet (random conv) | border | grey "
-          "| confidence | balance | label accuracy |")
+    print(
+        f"\nreference: the {len(x_test)} offline test digits; samples clip x0 to [-1, 1] and are not "
+        f"post-processed; border = pixels > 0.1 in the 3-pixel frame, grey = pixels in (0.05, 0.5)"
+    )
+    print(
+        "| model | training CPU-min | sampler | n | Frechet (classifier) | Frechet (random conv) | border | grey "
+        "| confidence | balance | label accuracy |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for sampler_name in samplers:
         kind, kw = SAMPLERS[sampler_name]
@@ -285,8 +366,15 @@ def evaluate(out: Path, n: int, n_ddpm: int, samplers: list[str], seed: int, bpd
             if own:  # a peer sampled with its own sampler
                 x = own[0](kind, kw, size, seed)
             else:
-                x = sample(fn, sched, (size, 1, 28, 28), sampler=kind, clip_x0=True,
-                           generator=torch.Generator().manual_seed(seed), **kw)
+                x = sample(
+                    fn,
+                    sched,
+                    (size, 1, 28, 28),
+                    sampler=kind,
+                    clip_x0=True,
+                    generator=torch.Generator().manual_seed(seed),
+                    **kw,
+                )
             q = image_quality(x, x_test, labels=None if labels is None else labels[:size])
             q.update(sampler=sampler_name, cpu_s=cpu_s, sample_s=time.perf_counter() - t0)
             results[f"{name}|{sampler_name}"] = q
@@ -297,14 +385,21 @@ def evaluate(out: Path, n: int, n_ddpm: int, samplers: list[str], seed: int, bpd
             print(f"| {name} | {cpu} | {sampler_name} | {size} | {fmt(q)} | {acc} |", flush=True)
             results_path.write_text(json.dumps(results, indent=1))
     if bpd_n:
-        print(f"\nbits/dim of {bpd_n} test digits ({bpd_terms} of 1000 terms: L_0 and L_T exact, the rest an "
-              f"unbiased stratified estimate; +- is the standard error over digits and steps)")
+        print(
+            f"\nbits/dim of {bpd_n} test digits ({bpd_terms} of 1000 terms: L_0 and L_T exact, the rest an "
+            f"unbiased stratified estimate; +- is the standard error over digits and steps)"
+        )
         x, y = x_test[:bpd_n], y_test[:bpd_n]
-        for name, (_, _, labels, bpd_fn, *_own) in models.items():
+        for name, (_, _, _labels, bpd_fn, *_own) in models.items():
             if bpd_fn is None:  # a peer on its own schedule: not measured here
                 continue
-            r = bits_per_dim(lambda a, t, f=bpd_fn: f(a, t, y), sched, x, n_terms=bpd_terms,
-                             generator=torch.Generator().manual_seed(seed))
+            r = bits_per_dim(
+                lambda a, t, f=bpd_fn: f(a, t, y),
+                sched,
+                x,
+                n_terms=bpd_terms,
+                generator=torch.Generator().manual_seed(seed),
+            )
             value, se = float(r["total"].mean()), r["se"]  # over the drawn steps and the digits
             results[f"{name}|bpd"] = {"bpd": value, "se": se, "n": bpd_n, "terms": bpd_terms}
             print(f"{name}: {value:.3f} +- {se:.3f} bits/dim", flush=True)
@@ -322,14 +417,21 @@ def read_results(out: Path) -> dict:
 def table(out: Path) -> str:
     """The saved results as one markdown table (every model x sampler row, real digits at each n, bits/dim)."""
     results = read_results(out)
-    lines = ["| model | training CPU-min | sampler | n | Frechet (classifier) | Frechet (random conv) | bright frame px "
-             "| grey px | confidence | balance | label accuracy | bits/dim |", "|---|" * 1 + "---|" * 11]
+    lines = [
+        "| model | training CPU-min | sampler | n | Frechet (classifier) | Frechet (random conv) | bright frame px "
+        "| grey px | confidence | balance | label accuracy | bits/dim |",
+        "|---|" * 1 + "---|" * 11,
+    ]
+
     def row(name, q, sampler, cpu_s, bpd):
         cpu = f"{cpu_s / 60:.1f}" if cpu_s else "-"
         acc = f"{q['accuracy']:.3f}" if "accuracy" in q else "-"
         bpd = f"{bpd['bpd']:.2f} ± {bpd['se']:.2f}" if bpd else "-"
-        return (f"| {name} | {cpu} | {sampler} | {q['n']} | {q['frechet_clf']:.2f} | {q['frechet_rand']:.2f} | "
-                f"{q['border']:.4f} | {q['grey']:.4f} | {q['confidence']:.3f} | {q['balance']:.3f} | {acc} | {bpd} |")
+        return (
+            f"| {name} | {cpu} | {sampler} | {q['n']} | {q['frechet_clf']:.2f} | {q['frechet_rand']:.2f} | "
+            f"{q['border']:.4f} | {q['grey']:.4f} | {q['confidence']:.3f} | {q['balance']:.3f} | {acc} | {bpd} |"
+        )
+
     for sampler in SAMPLERS:
         models = [k for k in results if k.endswith(f"|{sampler}")]
         if not models:
@@ -347,12 +449,15 @@ def export(out: Path, dest: Path) -> None:
     """The numbers the book and the model card quote, by role: {"ours" | "diffusers_ema" | "diffusers_raw" |
     "real": {sampler or "bpd": axes}} for our conditional model and the baseline after its last step."""
     from ddpm_tutor.checkpoint import write_atomic
+
     results = read_results(out)
     last = max(BASELINE["eval_at"])
-    roles = {"ours": lambda k: k.startswith("ours (") and "y ~ U" in k,
-             "ours_eps": lambda k: k.startswith("ours_eps (") and "y ~ U" in k,
-             "diffusers_ema": lambda k: f"({last} steps" in k and "EMA" in k,
-             "diffusers_raw": lambda k: f"({last} steps" in k and "raw weights" in k}
+    roles = {
+        "ours": lambda k: k.startswith("ours (") and "y ~ U" in k,
+        "ours_eps": lambda k: k.startswith("ours_eps (") and "y ~ U" in k,
+        "diffusers_ema": lambda k: f"({last} steps" in k and "EMA" in k,
+        "diffusers_raw": lambda k: f"({last} steps" in k and "raw weights" in k,
+    }
     shipped = {"_meta": {**results["_meta"], "models": {}}}
     for key, value in results.items():
         name, _, what = key.partition("|")
@@ -367,20 +472,27 @@ def export(out: Path, dest: Path) -> None:
 
 
 def machine() -> str:
-    return (f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    return (
+        f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["ours", "ours_uncond", "diffusers", "peer", "evaluate", "table"], default=None,
-                   help="one training leg; evaluate (the saved runs again); table (print results.json)")
+    p.add_argument(
+        "--only",
+        choices=["ours", "ours_uncond", "diffusers", "peer", "evaluate", "table"],
+        default=None,
+        help="one training leg; evaluate (the saved runs again); table (print results.json)",
+    )
     p.add_argument("--out", default="runs/bench_vs_diffusers")
     p.add_argument("--n", type=int, default=256, help="samples per model for the DDIM rows")
     p.add_argument("--n-ddpm", dest="n_ddpm", type=int, default=100, help="samples per model for DDPM-1000")
     p.add_argument("--samplers", default=",".join(SAMPLERS), help=f"comma-separated, of {', '.join(SAMPLERS)}")
-    p.add_argument("--models", default=None, help="evaluate only models whose name contains one of these "
-                                                   "comma-separated strings")
+    p.add_argument(
+        "--models", default=None, help="evaluate only models whose name contains one of these comma-separated strings"
+    )
     p.add_argument("--bpd-n", dest="bpd_n", type=int, default=100, help="test digits for bits/dim (0: skip)")
     p.add_argument("--bpd-terms", dest="bpd_terms", type=int, default=50, help="terms of the bound drawn")
     p.add_argument("--export", default=None, help="also copy results.json here (the shipped model's numbers)")
@@ -405,16 +517,49 @@ def main(argv=None) -> int:
     if args.only in (None, "ours"):
         if (out / "ours").exists():
             raise SystemExit(f"{out / 'ours'} exists: remove it to train our leg again")
-        legs["ours"] = [sys.executable, "-m", "ddpm_tutor", "train", "mnist", "--conditional", "--quiet",
-                        "--out", str(out / "ours"), "--seed", str(args.seed), "--device", "cpu"]
+        legs["ours"] = [
+            sys.executable,
+            "-m",
+            "ddpm_tutor",
+            "train",
+            "mnist",
+            "--conditional",
+            "--quiet",
+            "--out",
+            str(out / "ours"),
+            "--seed",
+            str(args.seed),
+            "--device",
+            "cpu",
+        ]
     if args.only == "ours_uncond":  # the same recipe without labels (a like-for-like unconditional model)
         if (out / "ours_uncond").exists():
             raise SystemExit(f"{out / 'ours_uncond'} exists: remove it to train this leg again")
-        legs["ours_uncond"] = [sys.executable, "-m", "ddpm_tutor", "train", "mnist", "--quiet",
-                               "--out", str(out / "ours_uncond"), "--seed", str(args.seed), "--device", "cpu"]
+        legs["ours_uncond"] = [
+            sys.executable,
+            "-m",
+            "ddpm_tutor",
+            "train",
+            "mnist",
+            "--quiet",
+            "--out",
+            str(out / "ours_uncond"),
+            "--seed",
+            str(args.seed),
+            "--device",
+            "cpu",
+        ]
     if args.only in (None, "diffusers"):
-        legs["diffusers"] = [sys.executable, __file__, "--out", str(out), "--seed", str(args.seed),
-                             "--_leg", "diffusers"]
+        legs["diffusers"] = [
+            sys.executable,
+            __file__,
+            "--out",
+            str(out),
+            "--seed",
+            str(args.seed),
+            "--_leg",
+            "diffusers",
+        ]
     if args.only == "peer":
         legs["peer"] = [sys.executable, __file__, "--out", str(out), "--seed", str(args.seed), "--_leg", "peer"]
     if legs:

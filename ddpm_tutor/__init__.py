@@ -2,6 +2,7 @@
 
 Time indices: an integer t in 0..T-1 stands for the paper's step t+1 (see ddpm_tutor.schedules).
 """
+
 from .schedules import Schedule  # noqa: F401
 
 __version__ = "0.1.0"

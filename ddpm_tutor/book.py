@@ -1,4 +1,5 @@
 """The book's pages: insert computed numbers into the prose (myst-nb glue), wherever a chapter runs."""
+
 from __future__ import annotations
 
 from typing import Any

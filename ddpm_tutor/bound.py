@@ -9,6 +9,7 @@ step index i, and term 0 is the decoder L_0. The decoder is either the discretis
 N(x_0; mu_theta(x_1, 1), sigma_1^2) (continuous data: a bound on a density, the view of Kingma et al. 2021).
 Terms are in nats per dimension; ``units="bpd"`` divides by ln 2 (bits/dim, Ho et al. 2020, Table 2).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,13 +37,25 @@ def check_levels(x: Tensor) -> None:
     check_image_range(x)
     off = ((x.double() + 1) * 127.5 - ((x.double() + 1) * 127.5).round()).abs().max()
     if off > 1e-3:
-        raise ValueError(f"the discretised decoder needs data on the 256 levels of [-1, 1] (8-bit images scaled "
-                         f"by x/127.5 - 1), got a value {off.item():.3g} of a level off the grid; use "
-                         f"decoder='continuous' for continuous data")
+        raise ValueError(
+            f"the discretised decoder needs data on the 256 levels of [-1, 1] (8-bit images scaled "
+            f"by x/127.5 - 1), got a value {off.item():.3g} of a level off the grid; use "
+            f"decoder='continuous' for continuous data"
+        )
 
 
-def vlb_term(model, sched: Schedule, x0: Tensor, x_t: Tensor, t: Tensor, *, var_type: str = "fixed_small",
-             decoder: str = "discretized", clip_x0: bool = False, model_out: Tensor | None = None) -> Tensor:
+def vlb_term(
+    model,
+    sched: Schedule,
+    x0: Tensor,
+    x_t: Tensor,
+    t: Tensor,
+    *,
+    var_type: str = "fixed_small",
+    decoder: str = "discretized",
+    clip_x0: bool = False,
+    model_out: Tensor | None = None,
+) -> Tensor:
     """One term of the bound in nats per dimension, (B,): L_{t-1} where t > 0, L_0 where t == 0.
 
     L_{t-1} = KL(q(x_{t-1}|x_t, x_0) || N(mu_theta(x_t, t), sigma_t^2 I)) (Ho et al. 2020, eq. 5);
@@ -128,19 +141,32 @@ def stratified_estimate(terms: Tensor, weights: Tensor, prior: Tensor | float = 
     if H == 1:
         var = 0.0 if N[0] == 1 else float("nan")
     else:
-        var = sum(float(len(g) / (len(g) - 1) * ((Y[g] - Y[g].mean()) ** 2).sum())
-                  for g in groups if (N[g] > 1).any())
+        var = sum(float(len(g) / (len(g) - 1) * ((Y[g] - Y[g].mean()) ** 2).sum()) for g in groups if (N[g] > 1).any())
     B = terms.shape[0]
     se_images = float(total.std()) / math.sqrt(B) if B > 1 else float("nan")
     se_steps = math.sqrt(var)
-    return {"total": total, "mean": float(total.mean()), "se_steps": se_steps, "se_images": se_images,
-            "se": math.sqrt(se_steps ** 2 + se_images ** 2)}
+    return {
+        "total": total,
+        "mean": float(total.mean()),
+        "se_steps": se_steps,
+        "se_images": se_images,
+        "se": math.sqrt(se_steps**2 + se_images**2),
+    }
 
 
 @torch.no_grad()
-def vlb(model, sched: Schedule, x0: Tensor, *, k: int | None = None, var_types: Sequence[str] = ("fixed_small",),
-        decoder: str = "discretized", units: str = "bpd", generator: torch.Generator | None = None,
-        clip_x0: bool = False) -> dict:
+def vlb(
+    model,
+    sched: Schedule,
+    x0: Tensor,
+    *,
+    k: int | None = None,
+    var_types: Sequence[str] = ("fixed_small",),
+    decoder: str = "discretized",
+    units: str = "bpd",
+    generator: torch.Generator | None = None,
+    clip_x0: bool = False,
+) -> dict:
     """The bound of eq. 5 (Ho et al. 2020) for each example: all T terms (``k=None`` or T), or L_T and L_0 exactly
     and the other T - 1 terms by stratified sampling of k - 1 steps (:func:`draw_steps`, :func:`stratified_estimate`).
 
@@ -154,8 +180,10 @@ def vlb(model, sched: Schedule, x0: Tensor, *, k: int | None = None, var_types: 
     _check_choice("units", units, UNITS)
     _check_choice("decoder", decoder, DECODERS)
     if not isinstance(x0, Tensor) or x0.ndim < 1 or not x0.is_floating_point():
-        raise ValueError(f"x0 must be a float tensor of shape (B, ...), got {getattr(x0, 'dtype', type(x0))} "
-                         f"{tuple(getattr(x0, 'shape', ()))}")
+        raise ValueError(
+            f"x0 must be a float tensor of shape (B, ...), got {getattr(x0, 'dtype', type(x0))} "
+            f"{tuple(getattr(x0, 'shape', ()))}"
+        )
     if not torch.isfinite(x0).all():
         raise ValueError("x0 must be finite, got NaN or inf")
     if decoder == "discretized":
@@ -171,8 +199,12 @@ def vlb(model, sched: Schedule, x0: Tensor, *, k: int | None = None, var_types: 
         x_t = q_sample(sched, x0, t, eps)
         out = den.model_out(x_t, t)
         for v in var_types:
-            terms[v][:, j] = vlb_term(den, sched, x0, x_t, t, var_type=v, decoder=decoder, clip_x0=clip_x0,
-                                      model_out=out).double().cpu() * scale
+            terms[v][:, j] = (
+                vlb_term(den, sched, x0, x_t, t, var_type=v, decoder=decoder, clip_x0=clip_x0, model_out=out)
+                .double()
+                .cpu()
+                * scale
+            )
     prior = mean_flat(prior_kl(sched, x0)).cpu() * scale
     result = {"steps": steps, "weights": weights, "prior": prior}
     for v in var_types:

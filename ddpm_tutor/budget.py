@@ -3,6 +3,7 @@
 ci: seconds per chapter (tests); book: minutes per chapter on a CPU (the default, and the HTML build);
 full: the paper's settings on a GPU. Chapters read it only through :func:`get_budget` / :func:`pick`.
 """
+
 from __future__ import annotations
 
 import os

@@ -14,12 +14,14 @@ A training checkpoint (``Trainer.save``) adds what resuming needs ("model", "opt
 "generator", "torch_rng"); an export (:func:`export_weights`) drops that and adds "notes". A digit classifier
 (:mod:`ddpm_tutor.classifier`) is a dict with "format": CLASSIFIER_FORMAT, "config", "state_dict" and "meta".
 """
+
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import torch
 from torch import nn
@@ -40,8 +42,9 @@ RESUME_KEYS = MODEL_KEYS + ("model", "opt", "lr_sched", "generator", "torch_rng"
 MODELS = {"mlp": (MLPConfig, MLPDenoiser), "unet": (UNetConfig, UNet)}  # model_spec "kind" -> (config, network)
 
 
-def check_format(state: dict, source: str | os.PathLike = "the checkpoint", keys: tuple[str, ...] = (),
-                 fmt: str = FORMAT) -> dict:
+def check_format(
+    state: dict, source: str | os.PathLike = "the checkpoint", keys: tuple[str, ...] = (), fmt: str = FORMAT
+) -> dict:
     """Return ``state`` if its "format" is ``fmt`` (FORMAT or CLASSIFIER_FORMAT) and it holds ``keys``; else a
     clear ValueError."""
     if not isinstance(state, dict) or state.get("format") != fmt:
@@ -49,8 +52,10 @@ def check_format(state: dict, source: str | os.PathLike = "the checkpoint", keys
         raise ValueError(f"{source} is not a ddpm_tutor {KINDS[fmt]}: expected format {fmt!r}, found {found!r}")
     missing = [k for k in keys if k not in state]
     if missing:
-        raise ValueError(f"{source} is a ddpm_tutor checkpoint without {', '.join(map(repr, missing))}: "
-                         f"expected the keys {', '.join(map(repr, keys))}")
+        raise ValueError(
+            f"{source} is a ddpm_tutor checkpoint without {', '.join(map(repr, missing))}: "
+            f"expected the keys {', '.join(map(repr, keys))}"
+        )
     return state
 
 
@@ -128,7 +133,7 @@ def sample_shape(spec: dict) -> tuple[int, ...]:
 
 def ema_weights(ema_state: dict) -> dict:
     """The model's state dict inside an AveragedModel's (the EMA_PREFIX keys, prefix removed)."""
-    weights = {k[len(EMA_PREFIX):]: v for k, v in ema_state.items() if k.startswith(EMA_PREFIX)}
+    weights = {k[len(EMA_PREFIX) :]: v for k, v in ema_state.items() if k.startswith(EMA_PREFIX)}
     if not weights:
         raise ValueError(f"the checkpoint's EMA state holds no weights (no key starts with {EMA_PREFIX!r})")
     return weights
@@ -139,8 +144,9 @@ def schedule_of(state: dict) -> Schedule:
     return Schedule(state["schedule"]["beta"], name=state["schedule"]["name"])
 
 
-def load_model(path: str | os.PathLike, *, ema: bool = True, device=None, as_eps: bool = True
-               ) -> tuple[nn.Module, Schedule, dict]:
+def load_model(
+    path: str | os.PathLike, *, ema: bool = True, device=None, as_eps: bool = True
+) -> tuple[nn.Module, Schedule, dict]:
     """Load a trained model (EMA weights by default) and its schedule from a checkpoint, in eval mode.
 
     Returns (model, sched, state), state the whole file. With ``as_eps`` (the default) the network comes
@@ -157,12 +163,14 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device=None, as_eps
     parameterization = state.get("train_config", {}).get("parameterization", "eps")
     if as_eps:
         from .diffusion import Denoiser
+
         model = Denoiser(model, sched, parameterization).eval()
     return model, sched, state
 
 
-def export_weights(trainer_checkpoint: str | os.PathLike, out_path: str | os.PathLike, *,
-                   notes: dict | None = None) -> Path:
+def export_weights(
+    trainer_checkpoint: str | os.PathLike, out_path: str | os.PathLike, *, notes: dict | None = None
+) -> Path:
     """Keep what sampling needs from a training checkpoint: EMA weights, model spec, schedule, training
     config, step and loss curve (and ``notes``). Drops the raw weights, optimiser and random state."""
     state = read_checkpoint(trainer_checkpoint)

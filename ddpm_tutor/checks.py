@@ -9,6 +9,7 @@
 
 Nothing here casts, clips or broadcasts silently: a check returns its input, or says what it does to it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,10 @@ def batch_steps(t, B: int, device=None, batch: str = "the batch") -> Tensor:
     if t.ndim == 0:
         return t.expand(B)
     if t.shape != (B,):
-        raise ValueError(f"t must have shape (B,) to match {batch}, i.e. shape ({B},), or be one step index; "
-                         f"got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"t must have shape (B,) to match {batch}, i.e. shape ({B},), or be one step index; "
+            f"got shape {tuple(t.shape)}"
+        )
     return t
 
 
@@ -60,13 +63,17 @@ def image_range(x, name: str = "x", tol: float = 0.0) -> Tensor:
     if x.numel() == 0:
         return x
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} must be finite with values in [-1, 1], but it holds "
-                         f"{int((~torch.isfinite(x)).sum())} NaN/inf values")
+        raise ValueError(
+            f"{name} must be finite with values in [-1, 1], but it holds "
+            f"{int((~torch.isfinite(x)).sum())} NaN/inf values"
+        )
     lo, hi = (float(v) for v in torch.aminmax(x))
     if lo < -1.0 - tol or hi > 1.0 + tol:
-        raise ValueError(f"{name} must lie in [-1, 1] (images scaled as x / 127.5 - 1; nothing is clipped "
-                         f"silently: clamp with x.clamp(-1, 1) yourself where you mean to), "
-                         f"got values in [{lo:.4g}, {hi:.4g}]")
+        raise ValueError(
+            f"{name} must lie in [-1, 1] (images scaled as x / 127.5 - 1; nothing is clipped "
+            f"silently: clamp with x.clamp(-1, 1) yourself where you mean to), "
+            f"got values in [{lo:.4g}, {hi:.4g}]"
+        )
     return x
 
 
@@ -75,11 +82,15 @@ def class_labels(y, B: int, num_classes: int) -> Tensor:
     label)."""
     if not torch.is_tensor(y) or y.shape != (B,) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         got = f"shape {tuple(y.shape)} and dtype {y.dtype}" if torch.is_tensor(y) else type(y).__name__
-        raise ValueError(f"y must be an integer tensor of shape ({B},) with labels 0..{num_classes} "
-                         f"({num_classes} is the null label, 'no label'), got {got}")
+        raise ValueError(
+            f"y must be an integer tensor of shape ({B},) with labels 0..{num_classes} "
+            f"({num_classes} is the null label, 'no label'), got {got}"
+        )
     if B and (int(y.min()) < 0 or int(y.max()) > num_classes):
-        raise ValueError(f"y must hold labels 0..{num_classes} ({num_classes} is the null label, 'no label'), "
-                         f"got values in [{int(y.min())}, {int(y.max())}]")
+        raise ValueError(
+            f"y must hold labels 0..{num_classes} ({num_classes} is the null label, 'no label'), "
+            f"got values in [{int(y.min())}, {int(y.max())}]"
+        )
     return y
 
 

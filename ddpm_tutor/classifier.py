@@ -14,6 +14,7 @@ The classifier is deliberately tiny (about 0.1 M parameters): it trains on the 4
 digits in seconds and reaches about 97% test accuracy. A trained copy ships with the package
 (``ddpm_tutor/checkpoints/mnist_classifier.pt``, see :func:`load_digit_classifier`).
 """
+
 from __future__ import annotations
 
 import math
@@ -79,13 +80,22 @@ def _shift(x: Tensor, g: torch.Generator, max_shift: int) -> Tensor:
     for c in code.unique().tolist():
         sel = code == c
         dy, dx = divmod(c, k)
-        out[sel] = pad[sel, :, dy:dy + H, dx:dx + W]
+        out[sel] = pad[sel, :, dy : dy + H, dx : dx + W]
     return out
 
 
-def train_digit_classifier(x: Tensor, y: Tensor, *, steps: int = 600, batch_size: int = 128, lr: float = 2e-3,
-                           max_shift: int = 2, seed: int = 0, config: DigitClassifierConfig | None = None,
-                           device=None) -> DigitClassifier:
+def train_digit_classifier(
+    x: Tensor,
+    y: Tensor,
+    *,
+    steps: int = 600,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    max_shift: int = 2,
+    seed: int = 0,
+    config: DigitClassifierConfig | None = None,
+    device=None,
+) -> DigitClassifier:
     """Train a :class:`DigitClassifier` on images x (N, 1, 28, 28) in [-1, 1] and labels y (N,) with Adam
     (cosine-decayed learning rate, random shifts of up to ``max_shift`` pixels). Returns it in eval mode."""
     if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
@@ -113,7 +123,7 @@ def train_digit_classifier(x: Tensor, y: Tensor, *, steps: int = 600, batch_size
 
 @torch.no_grad()
 def _batched(fn, x: Tensor, batch: int = 500) -> Tensor:
-    return torch.cat([fn(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
+    return torch.cat([fn(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
 
 
 @torch.no_grad()
@@ -155,6 +165,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise ValueError(f"shapes do not match: mu {mu1.shape} {mu2.shape}, sigma {s1.shape} {s2.shape}")
     import warnings
+
     with warnings.catch_warnings():  # singular products (few samples, or identical sets) are expected here
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
         covmean = linalg.sqrtm(s1 @ s2)
@@ -167,8 +178,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 @torch.no_grad()
-def sample_quality(classifier: DigitClassifier, samples: Tensor, reference: Tensor | None = None,
-                   labels: Tensor | None = None) -> dict:
+def sample_quality(
+    classifier: DigitClassifier, samples: Tensor, reference: Tensor | None = None, labels: Tensor | None = None
+) -> dict:
     """Quality numbers of generated digits ``samples`` (N, 1, 28, 28) in [-1, 1] (clamped first):
 
     confidence (mean max softmax), balance (entropy of predicted classes / log 10), class_counts,
@@ -182,25 +194,35 @@ def sample_quality(classifier: DigitClassifier, samples: Tensor, reference: Tens
     counts = torch.bincount(pred, minlength=probs.shape[1])
     p = counts.double() / counts.sum()
     entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
-    out = {"n": int(x.shape[0]), "confidence": float(probs.max(1).values.mean()),
-           "balance": entropy / math.log(probs.shape[1]), "class_counts": counts.tolist()}
+    out = {
+        "n": int(x.shape[0]),
+        "confidence": float(probs.max(1).values.mean()),
+        "balance": entropy / math.log(probs.shape[1]),
+        "class_counts": counts.tolist(),
+    }
     if reference is not None:
-        out["frechet"] = frechet_distance(*gaussian_stats(features(classifier, x)),
-                                          *gaussian_stats(features(classifier, reference.float())))
+        out["frechet"] = frechet_distance(
+            *gaussian_stats(features(classifier, x)), *gaussian_stats(features(classifier, reference.float()))
+        )
     if labels is not None:
         labels = labels.cpu()
         out["accuracy"] = float((pred == labels).float().mean())
         # NaN for a class that was not asked for
-        out["accuracy_per_class"] = [float((pred[labels == k] == k).float().mean()) if (labels == k).any()
-                                     else float("nan") for k in range(probs.shape[1])]
+        out["accuracy_per_class"] = [
+            float((pred[labels == k] == k).float().mean()) if (labels == k).any() else float("nan")
+            for k in range(probs.shape[1])
+        ]
     return out
 
 
 def save_classifier(classifier: DigitClassifier, path, meta: dict | None = None) -> Path:
     """Write the classifier (config + weights + meta) atomically; read it with :func:`load_classifier`."""
-    state = {"format": CLASSIFIER_FORMAT, "config": asdict(classifier.config),
-             "state_dict": {k: v.detach().cpu() for k, v in classifier.state_dict().items()},
-             "meta": dict(meta or {})}
+    state = {
+        "format": CLASSIFIER_FORMAT,
+        "config": asdict(classifier.config),
+        "state_dict": {k: v.detach().cpu() for k, v in classifier.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
     return save_checkpoint(state, path)
 
 
@@ -216,4 +238,5 @@ def load_classifier(path, device=None) -> DigitClassifier:
 def load_digit_classifier(device=None) -> DigitClassifier:
     """The classifier shipped with the package (trained on the 4,500 offline training digits)."""
     from .pretrained import CHECKPOINT_DIR
+
     return load_classifier(CHECKPOINT_DIR / "mnist_classifier.pt", device=device)

@@ -1,12 +1,13 @@
 """Command line: ``python -m ddpm_tutor train|sample|evaluate``.
 
-  python -m ddpm_tutor train toy2d --dataset moons --out runs/moons
-  python -m ddpm_tutor sample --checkpoint runs/moons/checkpoint.pt --sampler ddim --steps 50
-  python -m ddpm_tutor evaluate --checkpoint runs/moons/checkpoint.pt
-  python -m ddpm_tutor train mnist --out runs/mnist
-  python -m ddpm_tutor train mnist --conditional --out runs/mnist_cond
-  python -m ddpm_tutor sample --checkpoint runs/mnist_cond/checkpoint.pt --labels 3 --guidance 2 --out threes.pt
+python -m ddpm_tutor train toy2d --dataset moons --out runs/moons
+python -m ddpm_tutor sample --checkpoint runs/moons/checkpoint.pt --sampler ddim --steps 50
+python -m ddpm_tutor evaluate --checkpoint runs/moons/checkpoint.pt
+python -m ddpm_tutor train mnist --out runs/mnist
+python -m ddpm_tutor train mnist --conditional --out runs/mnist_cond
+python -m ddpm_tutor sample --checkpoint runs/mnist_cond/checkpoint.pt --labels 3 --guidance 2 --out threes.pt
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ def _one_thread_for_small_models() -> None:
 def _toy_setup(args):
     from .data import TOY2D, toy2d
     from .models import MLPConfig, MLPDenoiser
+
     _one_thread_for_small_models()
     if args.dataset not in TOY2D:
         raise SystemExit(f"--dataset must be one of {', '.join(TOY2D)}, got {args.dataset!r}")
@@ -50,6 +52,7 @@ def _toy_setup(args):
 def _mnist_setup(args):
     from .data.images import load_mnist
     from .models.unet import UNet, UNetConfig
+
     x, y = load_mnist(train=True)
     if args.n_data is not None and args.n_data < len(x):  # a subset (first n digits), e.g. for quick tests
         x, y = x[: args.n_data], y[: args.n_data]
@@ -63,8 +66,9 @@ TRAIN_DEFAULTS = {  # per data kind: the settings a plain `train` uses (each can
     # toy2d: v-prediction, since with eps-prediction deterministic DDIM threw points far off the data (|x| up to
     # 100 on data of unit scale: errors of eps_hat at high noise, amplified in x0_hat), while ancestral
     # sampling was about as good with either (measured with benchmarks/bench_toy2d.py and `evaluate`)
-    "toy2d": dict(steps=6000, batch_size=512, lr=3e-3, warmup=100, ema_decay=0.995, cosine_decay=True,
-                  parameterization="v"),
+    "toy2d": dict(
+        steps=6000, batch_size=512, lr=3e-3, warmup=100, ema_decay=0.995, cosine_decay=True, parameterization="v"
+    ),
     # MNIST: the recipe of the shipped checkpoint ddpm_tutor/checkpoints/mnist_unet.pt (see its model card).
     # v-prediction (Salimans & Ho 2022): an eps-predicting network's small errors at high noise become large
     # errors of x0_hat = (x_t - sqrt(1 - ab) eps_hat) / sqrt(ab), which deterministic DDIM then keeps, as grey
@@ -72,38 +76,54 @@ TRAIN_DEFAULTS = {  # per data kind: the settings a plain `train` uses (each can
     # CPU). With it: the min-SNR-5 weighting (Hang et al. 2023), a high learning rate with a cosine decay to
     # zero and a short EMA window for a short CPU run, and bf16 autocast where the hardware has it. 700 steps
     # at batch 64 is about 15 CPU-minutes on one core of a CPU without bf16.
-    "mnist": dict(steps=700, batch_size=64, lr=2e-3, warmup=50, ema_decay=0.995, cosine_decay=True, amp="auto",
-                  weighting="min_snr", parameterization="v"),
+    "mnist": dict(
+        steps=700,
+        batch_size=64,
+        lr=2e-3,
+        warmup=50,
+        ema_decay=0.995,
+        cosine_decay=True,
+        amp="auto",
+        weighting="min_snr",
+        parameterization="v",
+    ),
 }
 
 
 def cmd_train(args) -> int:
     from .schedules import Schedule
     from .train import TrainConfig, Trainer
+
     torch.manual_seed(args.seed)
     data, labels, model, spec = (_toy_setup if args.kind == "toy2d" else _mnist_setup)(args)
-    over = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "ema_decay", "warmup", "amp", "weighting",
-                                        "parameterization")
-            if getattr(args, k, None) is not None}
-    cfg = TrainConfig(**{**TRAIN_DEFAULTS[args.kind], **over, "seed": args.seed,
-                         "p_uncond": 0.1 if labels is not None else 0.0})
+    over = {
+        k: getattr(args, k)
+        for k in ("steps", "batch_size", "lr", "ema_decay", "warmup", "amp", "weighting", "parameterization")
+        if getattr(args, k, None) is not None
+    }
+    cfg = TrainConfig(
+        **{**TRAIN_DEFAULTS[args.kind], **over, "seed": args.seed, "p_uncond": 0.1 if labels is not None else 0.0}
+    )
     sched = Schedule.get(args.schedule, args.T)
     out = Path(args.out or f"runs/{args.dataset if args.kind == 'toy2d' else args.kind}")
     ckpt = out / "checkpoint.pt"
-    trainer = Trainer(model, sched, data, cfg, labels=labels, device=args.device or default_device(),
-                      model_spec=spec)
+    trainer = Trainer(model, sched, data, cfg, labels=labels, device=args.device or default_device(), model_spec=spec)
     if ckpt.exists():
         if not args.resume:
             raise SystemExit(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
         trainer.load(ckpt)
         print(f"resumed {ckpt} at step {trainer.step}")
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"training {spec['kind']} ({n_params:,} parameters) on {args.kind} for {cfg.steps} steps "
-          f"on {trainer.device}{' with bf16 autocast' if trainer.autocast else ''}; checkpoint: {ckpt}")
+    print(
+        f"training {spec['kind']} ({n_params:,} parameters) on {args.kind} for {cfg.steps} steps "
+        f"on {trainer.device}{' with bf16 autocast' if trainer.autocast else ''}; checkpoint: {ckpt}"
+    )
     t0 = time.perf_counter()
     trainer.run(progress=not args.quiet, checkpoint=ckpt, checkpoint_every=args.checkpoint_every)
-    print(f"done in {time.perf_counter() - t0:.1f} s; final loss (mean of last 100 steps) "
-          f"{sum(trainer.losses[-100:]) / len(trainer.losses[-100:]):.4f}")
+    print(
+        f"done in {time.perf_counter() - t0:.1f} s; final loss (mean of last 100 steps) "
+        f"{sum(trainer.losses[-100:]) / len(trainer.losses[-100:]):.4f}"
+    )
     return 0
 
 
@@ -112,11 +132,13 @@ def _draw_samples(model, sched, spec, n, args, device, labels=None, guidance=0.0
     classes, with CFG scale guidance."""
     from .checkpoint import model_config, sample_shape
     from .samplers import ddim_sample, ddpm_sample
+
     shape = (n, *sample_shape(spec))
     g = torch.Generator().manual_seed(args.seed if seed is None else seed)
     clip = spec["kind"] == "unet"  # images live in [-1, 1]; 2D toy data does not
     if labels is not None:
         from .guidance import cfg_model
+
         # scale 0 is the plain conditional model, so guided and unguided draws share this one path
         model = cfg_model(model, labels.to(device), guidance, null_label=model_config(spec).num_classes)
     if args.sampler == "ddpm":
@@ -134,15 +156,18 @@ DDIM_STEPS = 50  # default --steps of `sample` (capped at the model's T)
 def _check_sample_flags(args) -> None:
     """Refuse flags that are wrong whatever the checkpoint, before it is even loaded."""
     if args.out is not None and Path(args.out).suffix.lower() not in SAMPLE_SUFFIXES:
-        raise SystemExit(f"--out must end in .png (a picture), .npy (the raw samples) or .pt (samples, labels and "
-                         f"settings), got {args.out!r}")
+        raise SystemExit(
+            f"--out must end in .png (a picture), .npy (the raw samples) or .pt (samples, labels and "
+            f"settings), got {args.out!r}"
+        )
     if args.n is not None and args.n < 1:
         raise SystemExit(f"--n must be at least 1, got {args.n}")
     if not args.eta >= 0:  # also refuses nan
         raise SystemExit(f"--eta must be >= 0 (0 is deterministic DDIM, 1 is DDPM-like), got {args.eta}")
     if not (math.isfinite(args.guidance) and args.guidance >= 0):
-        raise SystemExit(f"--guidance must be a finite number >= 0 (0 is the plain conditional model), "
-                         f"got {args.guidance}")
+        raise SystemExit(
+            f"--guidance must be a finite number >= 0 (0 is the plain conditional model), got {args.guidance}"
+        )
 
 
 def _fill_sample_defaults(args, kind: str, T: int) -> None:
@@ -160,8 +185,10 @@ def _sample_labels(arg, num_classes, n: int, seed: int, checkpoint) -> torch.Ten
     """The (n,) int64 labels asked for by --labels (None for an unconditional model)."""
     if num_classes is None:
         if arg is not None:
-            raise SystemExit(f"--labels needs a class-conditional model, but {checkpoint} is unconditional "
-                             f"(`train mnist --conditional` makes a conditional one)")
+            raise SystemExit(
+                f"--labels needs a class-conditional model, but {checkpoint} is unconditional "
+                f"(`train mnist --conditional` makes a conditional one)"
+            )
         return None
     arg = "uniform" if arg is None else arg.strip()
     if arg == "uniform":
@@ -180,7 +207,9 @@ def _sample_labels(arg, num_classes, n: int, seed: int, checkpoint) -> torch.Ten
 def _scatter_figure(x, spec, args):
     """2-D samples next to fresh data: data | samples."""
     from matplotlib.figure import Figure  # no pyplot: nothing global changes, no backend is needed
+
     from .data import toy2d
+
     data = toy2d(spec["data"]["name"], args.n, torch.Generator().manual_seed(args.seed + 1))
     fig = Figure(figsize=(8, 4), layout="tight")
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
@@ -193,9 +222,11 @@ def _scatter_figure(x, spec, args):
 
 def _write_samples(out: Path, x, labels, meta: dict, spec, args) -> None:
     from .checkpoint import write_atomic
+
     suffix = out.suffix.lower()
     if suffix == ".npy":
         import numpy as np
+
         write_atomic(out, lambda f: np.save(f, x.numpy(), allow_pickle=False))
     elif suffix == ".pt":
         write_atomic(out, lambda f: torch.save({"samples": x, "labels": labels, "meta": meta}, f))
@@ -204,21 +235,30 @@ def _write_samples(out: Path, x, labels, meta: dict, spec, args) -> None:
         write_atomic(out, lambda f: fig.savefig(f, format="png", dpi=120))
     else:  # images in [-1, 1] as one grid; save_image maps [-1, 1] to [0, 255], clamping
         from torchvision.utils import save_image
-        write_atomic(out, lambda f: save_image(x, f, format="png", nrow=max(1, int(args.n ** 0.5)), normalize=True,
-                                               value_range=(-1, 1)))
+
+        write_atomic(
+            out,
+            lambda f: save_image(
+                x, f, format="png", nrow=max(1, int(args.n**0.5)), normalize=True, value_range=(-1, 1)
+            ),
+        )
 
 
 def _describe(args, sched, labels, num_classes) -> str:
     steps = f"{args.steps} DDIM steps, eta {args.eta:g}" if args.sampler == "ddim" else f"{sched.T} steps"
     if labels is None:
         return f"{args.n} samples by {args.sampler} ({steps}), unconditional"
-    which = f"labels uniform over 0..{num_classes - 1}" if (args.labels or "uniform").strip() == "uniform" \
+    which = (
+        f"labels uniform over 0..{num_classes - 1}"
+        if (args.labels or "uniform").strip() == "uniform"
         else f"label {int(labels[0])}"
+    )
     return f"{args.n} samples by {args.sampler} ({steps}), {which}, guidance {args.guidance:g}"
 
 
 def cmd_sample(args) -> int:
     from .checkpoint import load_model, model_config
+
     _check_sample_flags(args)
     device = torch.device(args.device) if args.device else default_device()
     model, sched, state = load_model(args.checkpoint, device=device)
@@ -235,9 +275,16 @@ def cmd_sample(args) -> int:
     x = _draw_samples(model, sched, spec, args.n, args, device, labels=labels, guidance=args.guidance).cpu()
     seconds = time.perf_counter() - t0
     ddim = args.sampler == "ddim"
-    meta = {"checkpoint": str(Path(args.checkpoint).resolve()), "sampler": args.sampler,
-            "steps": args.steps if ddim else sched.T, "eta": args.eta if ddim else None,
-            "var_type": None if ddim else args.var_type, "guidance": args.guidance, "seed": args.seed, "n": args.n}
+    meta = {
+        "checkpoint": str(Path(args.checkpoint).resolve()),
+        "sampler": args.sampler,
+        "steps": args.steps if ddim else sched.T,
+        "eta": args.eta if ddim else None,
+        "var_type": None if ddim else args.var_type,
+        "guidance": args.guidance,
+        "seed": args.seed,
+        "n": args.n,
+    }
     _write_samples(out, x, labels, meta, spec, args)
     print(f"{_describe(args, sched, labels, num_classes)}, in {seconds:.1f} s; wrote {out}")
     return 0
@@ -245,6 +292,7 @@ def cmd_sample(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .checkpoint import load_model
+
     for flag in ("n", "sets", "references"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise SystemExit(f"--{flag} must be at least 1, got {getattr(args, flag)}")
@@ -255,36 +303,50 @@ def cmd_evaluate(args) -> int:
         _one_thread_for_small_models()
         from .data import checkerboard_off_fraction, toy2d
         from .metrics import compare_to_data
+
         n = 2000 if args.n is None else args.n
         # several independent sets of samples: one set's luck (e.g. its split between the moons) moves the
         # distances as much as the model's errors do, and more reference draws cannot average that away
-        xs = [_draw_samples(model, sched, spec, n, args, device, seed=args.seed + 100 * k).cpu()
-              for k in range(args.sets)]
+        xs = [
+            _draw_samples(model, sched, spec, n, args, device, seed=args.seed + 100 * k).cpu() for k in range(args.sets)
+        ]
         name = spec["data"]["name"]
         r = compare_to_data(xs, lambda n, g: toy2d(name, n, g), seed=args.seed, references=args.references)
-        print(f"n={r['n']} sampler={args.sampler}, mean over {r['sets']} sample sets x {r['references']} data "
-              f"draws: sliced Wasserstein {r['sliced_wasserstein']:.4f} (data-vs-data floor {r['sw_floor']:.4f}, "
-              f"ratio {r['sw_ratio']:.2f}); energy distance {r['energy_distance']:.2e} (floor {r['ed_floor']:.2e}, "
-              f"ratio {r['ed_ratio']:.2f})")
+        print(
+            f"n={r['n']} sampler={args.sampler}, mean over {r['sets']} sample sets x {r['references']} data "
+            f"draws: sliced Wasserstein {r['sliced_wasserstein']:.4f} (data-vs-data floor {r['sw_floor']:.4f}, "
+            f"ratio {r['sw_ratio']:.2f}); energy distance {r['energy_distance']:.2e} (floor {r['ed_floor']:.2e}, "
+            f"ratio {r['ed_ratio']:.2f})"
+        )
         x = torch.cat(xs)
         if name == "checkerboard":
             print(f"samples off the dark squares: {checkerboard_off_fraction(x):.4f} (data: 0)")
         return 0
     from .data.images import load_mnist
     from .losses import bits_per_dim
+
     x, _ = load_mnist(train=False)
     x = x[: 5000 if args.n is None else args.n].to(device)
-    r = bits_per_dim(model, sched, x, var_type=args.var_type, n_terms=args.n_terms,
-                     generator=torch.Generator().manual_seed(args.seed))
+    r = bits_per_dim(
+        model,
+        sched,
+        x,
+        var_type=args.var_type,
+        n_terms=args.n_terms,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     terms = "all" if args.n_terms is None else args.n_terms
-    print(f"bits/dim on {len(x)} test images ({terms} of {sched.T} terms, var_type={args.var_type}): "
-          f"{r['total'].mean():.3f} +- {r['se']:.3f} (standard error over the images and the drawn steps)")
+    print(
+        f"bits/dim on {len(x)} test images ({terms} of {sched.T} terms, var_type={args.var_type}): "
+        f"{r['total'].mean():.3f} +- {r['se']:.3f} (standard error over the images and the drawn steps)"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ddpm_tutor", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m ddpm_tutor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model (progress bar, EMA, checkpoints, --resume)")
     t.add_argument("kind", choices=["toy2d", "mnist"])
@@ -295,8 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--schedule", default="linear", choices=["linear", "cosine"])
     t.add_argument("--T", type=int, default=1000)
-    t.add_argument("--n-data", dest="n_data", type=int, default=None,
-                   help="toy2d: points in the training set (default 50,000); mnist: use only the first N digits")
+    t.add_argument(
+        "--n-data",
+        dest="n_data",
+        type=int,
+        default=None,
+        help="toy2d: points in the training set (default 50,000); mnist: use only the first N digits",
+    )
     t.add_argument("--ema-decay", dest="ema_decay", type=float, help="EMA decay of the weights")
     t.add_argument("--warmup", type=int, help="steps of learning-rate warmup")
     t.add_argument("--amp", choices=AMP_MODES, help="bfloat16 autocast of the forward pass")
@@ -310,49 +377,80 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
-    for name, func, helptext in (("sample", cmd_sample, "draw samples; write a PNG, the raw samples (.npy) "
-                                                        "or samples with labels and settings (.pt)"),
-                                 ("evaluate", cmd_evaluate, "2D: distances to data vs the noise floor; "
-                                                           "images: bits/dim")):
+    for name, func, helptext in (
+        (
+            "sample",
+            cmd_sample,
+            "draw samples; write a PNG, the raw samples (.npy) or samples with labels and settings (.pt)",
+        ),
+        ("evaluate", cmd_evaluate, "2D: distances to data vs the noise floor; images: bits/dim"),
+    ):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--checkpoint", required=True)
         if name == "sample":  # defaults by model kind, filled in once the checkpoint is loaded
-            s.add_argument("--n", type=int, default=None,
-                           help="number of samples (default: 2000 for 2-D models, 64 for images)")
-            s.add_argument("--sampler", default=None, choices=["ddpm", "ddim"],
-                           help="default: ddpm for 2-D models; ddim for images, since ancestral sampling takes "
-                                "all T steps (T = 1000 unless trained with another --T: hours for thousands "
-                                "of digits on a CPU)")
-            s.add_argument("--steps", type=int, default=None,
-                           help=f"DDIM steps (default {DDIM_STEPS}, or the model's T if smaller)")
+            s.add_argument(
+                "--n", type=int, default=None, help="number of samples (default: 2000 for 2-D models, 64 for images)"
+            )
+            s.add_argument(
+                "--sampler",
+                default=None,
+                choices=["ddpm", "ddim"],
+                help="default: ddpm for 2-D models; ddim for images, since ancestral sampling takes "
+                "all T steps (T = 1000 unless trained with another --T: hours for thousands "
+                "of digits on a CPU)",
+            )
+            s.add_argument(
+                "--steps",
+                type=int,
+                default=None,
+                help=f"DDIM steps (default {DDIM_STEPS}, or the model's T if smaller)",
+            )
         else:
-            s.add_argument("--n", type=int, default=None,
-                           help="2-D: samples per set (default 2000); images: test images for bits/dim (default "
-                                "5000, or all there are)")
+            s.add_argument(
+                "--n",
+                type=int,
+                default=None,
+                help="2-D: samples per set (default 2000); images: test images for bits/dim (default "
+                "5000, or all there are)",
+            )
             s.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
             s.add_argument("--steps", type=int, default=50, help="DDIM steps")
         s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
         s.add_argument("--var-type", dest="var_type", default="fixed_small", choices=["fixed_small", "fixed_large"])
         s.add_argument("--n-terms", dest="n_terms", type=int, default=None, help="bits/dim: Monte Carlo terms")
         if name == "evaluate":
-            s.add_argument("--references", type=int, default=5,
-                           help="2D: independent data draws each sample set is compared with")
-            s.add_argument("--sets", type=int, default=5,
-                           help="2D: independent sets of samples (seeds --seed + 100 k) the distances are "
-                                "averaged over")
+            s.add_argument(
+                "--references", type=int, default=5, help="2D: independent data draws each sample set is compared with"
+            )
+            s.add_argument(
+                "--sets",
+                type=int,
+                default=5,
+                help="2D: independent sets of samples (seeds --seed + 100 k) the distances are averaged over",
+            )
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--device")
         if name == "sample":
-            s.add_argument("--out", help="where to write: .png a picture (default: samples_<sampler>.png next to "
-                                         "the checkpoint); .npy the samples exactly as the sampler returns them, "
-                                         "float32 (n, D) or (n, C, H, W), unclamped; .pt a dict of samples, "
-                                         "labels and meta (the settings)")
-            s.add_argument("--labels", help="class-conditional models only: a class 0..K-1 for every sample, or "
-                                            "'uniform' (the default), classes drawn at random, reproducibly from "
-                                            "--seed")
-            s.add_argument("--guidance", type=float, default=0.0,
-                           help="classifier-free guidance scale w >= 0 (Ho & Salimans 2022): eps = (1 + w) "
-                                "eps(x, y) - w eps(x, no label); 0 (the default) is the plain conditional model")
+            s.add_argument(
+                "--out",
+                help="where to write: .png a picture (default: samples_<sampler>.png next to "
+                "the checkpoint); .npy the samples exactly as the sampler returns them, "
+                "float32 (n, D) or (n, C, H, W), unclamped; .pt a dict of samples, "
+                "labels and meta (the settings)",
+            )
+            s.add_argument(
+                "--labels",
+                help="class-conditional models only: a class 0..K-1 for every sample, or "
+                "'uniform' (the default), classes drawn at random, reproducibly from "
+                "--seed",
+            )
+            s.add_argument(
+                "--guidance",
+                type=float,
+                default=0.0,
+                help="classifier-free guidance scale w >= 0 (Ho & Salimans 2022): eps = (1 + w) "
+                "eps(x, y) - w eps(x, no label); 0 (the default) is the plain conditional model",
+            )
         s.set_defaults(func=func)
     return p
 

@@ -17,10 +17,11 @@ Gaussian-mixture data is ``data.mixtures.mixture_posterior_x0_cov``.
 Time indices follow :mod:`ddpm_tutor.schedules`: array entry i (0..T-1) belongs to the paper's step i+1,
 i.e. to the moment the receiver holds x_{i+1}.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -37,8 +38,15 @@ def _noise(shape, generator, dtype) -> Tensor:
 
 
 @torch.no_grad()
-def rate_distortion(model: Callable[..., Tensor], sched: Schedule, x0: Tensor, generator: torch.Generator | None = None,
-                    *, var_type: VarType = "fixed_small", discrete_decoder: bool = False) -> dict:
+def rate_distortion(
+    model: Callable[..., Tensor],
+    sched: Schedule,
+    x0: Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    var_type: VarType = "fixed_small",
+    discrete_decoder: bool = False,
+) -> dict:
     """Run Algorithm 3 of Ho et al. 2020 on a batch x0 (B, ...) and measure rate and distortion at every step.
 
     The sender's chain is drawn top-down as in the algorithm: x_T ~ q(x_T | x_0), then
@@ -83,8 +91,11 @@ def rate_distortion(model: Callable[..., Tensor], sched: Schedule, x0: Tensor, g
             kl[:, i] = (mean_flat(normal_kl(mu_tilde, log_bt, p["mean"], p["log_variance"])) / LOG2).double().cpu()
             x = mu_tilde + beta_tilde.sqrt() * _noise(x0.shape, generator, x0.dtype).to(x0.device)
         elif discrete_decoder:
-            l0 = (-mean_flat(discretized_gaussian_log_likelihood(x0, p["mean"], 0.5 * p["log_variance"]))
-                  / LOG2).double().cpu()
+            l0 = (
+                (-mean_flat(discretized_gaussian_log_likelihood(x0, p["mean"], 0.5 * p["log_variance"])) / LOG2)
+                .double()
+                .cpu()
+            )
     prior = prior_bpd(sched, x0).double().cpu()
     # rate once x_{i+1} is held: prior + kl[j] for j > i  (reverse cumulative sum, shifted by one)
     after = torch.flip(torch.cumsum(torch.flip(kl, [1]), 1), [1]) - kl

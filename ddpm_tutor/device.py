@@ -1,4 +1,5 @@
 """Where computations run by default: CUDA when present, else the CPU."""
+
 from __future__ import annotations
 
 import torch

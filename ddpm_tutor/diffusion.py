@@ -7,9 +7,11 @@ Every function takes a :class:`~ddpm_tutor.schedules.Schedule` and integer step
 indices ``t`` of shape (B,) in 0..T-1 (index t is the paper's step t+1).
 Data ``x`` has shape (B, ...), any number of trailing dimensions.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -96,8 +98,9 @@ def score_from_eps(sched: Schedule, x_t: Tensor, t: Tensor, eps: Tensor) -> Tens
     return -eps / (1.0 - sched.at("alpha_bar", t, x_t)).sqrt()
 
 
-def to_x0_eps(sched: Schedule, x_t: Tensor, t: Tensor, out: Tensor,
-              parameterization: Parameterization = "eps") -> tuple[Tensor, Tensor]:
+def to_x0_eps(
+    sched: Schedule, x_t: Tensor, t: Tensor, out: Tensor, parameterization: Parameterization = "eps"
+) -> tuple[Tensor, Tensor]:
     """Turn a network output of any parameterisation into the pair (x0_hat, eps_hat).
 
     eps: out = eps_hat; x0: out = x0_hat; v: out = v_hat (x_0 = sqrt(ab) x_t - sqrt(1-ab) v);
@@ -176,8 +179,14 @@ class Denoiser(torch.nn.Module):
     (our MLP and U-Net reserve that label), None for an unconditional network. x_t: (B, ...), t: (B,).
     """
 
-    def __init__(self, net: Callable[..., Tensor], sched: Schedule, parameterization: Parameterization = "eps", *,
-                 null_label: int | None = None):
+    def __init__(
+        self,
+        net: Callable[..., Tensor],
+        sched: Schedule,
+        parameterization: Parameterization = "eps",
+        *,
+        null_label: int | None = None,
+    ):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
@@ -201,14 +210,14 @@ class Denoiser(torch.nn.Module):
         """The network's config (what rebuilds it)."""
         return self.net.config
 
-    def _labelled(self, y) -> "Denoiser":
+    def _labelled(self, y) -> Denoiser:
         if self.null_label is None:
             raise ValueError("this Denoiser's network is unconditional (null_label=None): it takes no labels")
         out = Denoiser(self.net, self.sched, self.parameterization, null_label=self.null_label)
         out.y = y
         return out
 
-    def with_labels(self, y) -> "Denoiser":
+    def with_labels(self, y) -> Denoiser:
         """The same network asked for class y: one label, or (B,) labels for a batch of B."""
         if y is None:
             raise ValueError("with_labels needs labels; use unconditional() for the null label")
@@ -217,7 +226,7 @@ class Denoiser(torch.nn.Module):
             raise ValueError(f"y must be one label or a tensor of shape (B,), got shape {tuple(y.shape)}")
         return self._labelled(y)
 
-    def unconditional(self) -> "Denoiser":
+    def unconditional(self) -> Denoiser:
         """The same network asked for no class (the null label); an unconditional network as it is."""
         return self if self.null_label is None else self._labelled(_NULL)
 
@@ -265,16 +274,27 @@ class Denoiser(torch.nn.Module):
 def as_denoiser(model: Callable[..., Tensor], sched: Schedule) -> Denoiser:
     """``model`` as a Denoiser: itself if it is one (its schedule must be ``sched``), else an eps model(x_t, t)."""
     if isinstance(model, Denoiser):
-        if model.sched is not sched and (model.sched.T != sched.T
-                                         or not torch.equal(model.sched.alpha_bar, sched.alpha_bar)):
-            raise ValueError(f"the Denoiser was built for the schedule {model.sched.name!r} (T={model.sched.T}), "
-                             f"not the one given, {sched.name!r} (T={sched.T})")
+        if model.sched is not sched and (
+            model.sched.T != sched.T or not torch.equal(model.sched.alpha_bar, sched.alpha_bar)
+        ):
+            raise ValueError(
+                f"the Denoiser was built for the schedule {model.sched.name!r} (T={model.sched.T}), "
+                f"not the one given, {sched.name!r} (T={sched.T})"
+            )
         return model
     return Denoiser(model, sched, "eps")
 
 
-def p_from_prediction(sched: Schedule, x_t: Tensor, t: Tensor, x0_hat: Tensor, eps_hat: Tensor, *,
-                      var_type: VarType = "fixed_small", clip_x0: bool = False) -> dict[str, Tensor]:
+def p_from_prediction(
+    sched: Schedule,
+    x_t: Tensor,
+    t: Tensor,
+    x0_hat: Tensor,
+    eps_hat: Tensor,
+    *,
+    var_type: VarType = "fixed_small",
+    clip_x0: bool = False,
+) -> dict[str, Tensor]:
     """The reverse step p(x_{t-1} | x_t) = N(mu_tilde(x_t, x0_hat), sigma_t^2 I) from a prediction (x0_hat, eps_hat).
 
     Ho et al. 2020, eq. 7 and 11. With ``clip_x0`` x0_hat is clipped to [-1, 1] before it enters the mean (and
@@ -289,9 +309,16 @@ def p_from_prediction(sched: Schedule, x_t: Tensor, t: Tensor, x0_hat: Tensor, e
     return {"mean": mean, "variance": var, "log_variance": log_var, "x0_hat": x0_hat, "eps_hat": eps_hat}
 
 
-def p_mean_variance(model: Callable[..., Tensor] | None, sched: Schedule, x_t: Tensor, t: Tensor, *,
-                    var_type: VarType = "fixed_small", clip_x0: bool = False,
-                    model_out: Tensor | None = None) -> dict[str, Tensor]:
+def p_mean_variance(
+    model: Callable[..., Tensor] | None,
+    sched: Schedule,
+    x_t: Tensor,
+    t: Tensor,
+    *,
+    var_type: VarType = "fixed_small",
+    clip_x0: bool = False,
+    model_out: Tensor | None = None,
+) -> dict[str, Tensor]:
     """The reverse step p(x_{t-1} | x_t) = N(mean, variance I) made from the model's prediction.
 
     ``model``: a :class:`Denoiser` or a plain eps model(x_t, t); ``model_out``, if given, is its output at (x_t, t)

@@ -22,10 +22,11 @@ Arrays of per-step quantities have length T and follow the package's indexing: e
 step t = i + 1 (see :mod:`ddpm_tutor.schedules`); entry 0 describes p(x_0 | x_1), the decoder.
 All computations are float64.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -36,9 +37,17 @@ Tensor = torch.Tensor
 LOG_2PI = math.log(2 * math.pi)
 
 __all__ = [
-    "gaussian_log_likelihood", "prior_kl", "data_marginal", "exact_reverse", "ddpm_reverse",
-    "gaussian_elbo_terms", "expected_gaussian_elbo_terms", "model_marginal", "exact_log_likelihood",
-    "continuous_elbo_terms", "vp_linear_schedule",
+    "gaussian_log_likelihood",
+    "prior_kl",
+    "data_marginal",
+    "exact_reverse",
+    "ddpm_reverse",
+    "gaussian_elbo_terms",
+    "expected_gaussian_elbo_terms",
+    "model_marginal",
+    "exact_log_likelihood",
+    "continuous_elbo_terms",
+    "vp_linear_schedule",
 ]
 
 
@@ -64,17 +73,18 @@ def prior_kl(sched: Schedule, x0: Tensor) -> Tensor:
     """
     x0 = torch.as_tensor(x0, dtype=torch.float64)
     ab = sched.alpha_bar[-1]
-    return 0.5 * (ab * x0 ** 2 - ab - torch.log1p(-ab))
+    return 0.5 * (ab * x0**2 - ab - torch.log1p(-ab))
 
 
 def data_marginal(sched: Schedule, m: float, s: float) -> tuple[Tensor, Tensor]:
     """Mean and variance of q(x_t) for data N(m, s^2), for t = 0..T (length T + 1; entry 0 is the data).
 
-    x_t = sqrt(bar alpha_t) x_0 + sqrt(1 - bar alpha_t) eps gives N(sqrt(bar alpha_t) m, bar alpha_t s^2 + 1 - bar alpha_t).
+    x_t = sqrt(bar alpha_t) x_0 + sqrt(1 - bar alpha_t) eps gives
+    N(sqrt(bar alpha_t) m, bar alpha_t s^2 + 1 - bar alpha_t).
     """
     m, s = _check_data_params(m, s)
     ab = torch.cat([torch.ones(1, dtype=torch.float64), sched.alpha_bar])
-    return ab.sqrt() * m, ab * s ** 2 + 1 - ab
+    return ab.sqrt() * m, ab * s**2 + 1 - ab
 
 
 def exact_reverse(sched: Schedule, m: float, s: float) -> dict[str, Tensor]:
@@ -102,7 +112,7 @@ def ddpm_reverse(sched: Schedule, m: float, s: float, var_type: VarType = "fixed
     """
     mu, v = data_marginal(sched, m, s)
     ab = sched.alpha_bar
-    gain = ab.sqrt() * s ** 2 / v[1:]  # E[x0 | x_t] = m + gain (x_t - mu_t)
+    gain = ab.sqrt() * s**2 / v[1:]  # E[x0 | x_t] = m + gain (x_t - mu_t)
     c0, cx = sched.posterior_coef_x0, sched.posterior_coef_xt
     A = c0 * gain + cx
     B = c0 * (m - gain * mu[1:])
@@ -147,9 +157,9 @@ def gaussian_elbo_terms(sched: Schedule, reverse: dict[str, Tensor], x0: Tensor)
     c0, cx = sched.posterior_coef_x0, sched.posterior_coef_xt
     x = x0[:, None]
     resid = (1 - A[0] * ab[0].sqrt()) * x0 - B[0]
-    recon = -0.5 * (LOG_2PI + C[0].log() + (resid ** 2 + A[0] ** 2 * (1 - ab[0])) / C[0])
+    recon = -0.5 * (LOG_2PI + C[0].log() + (resid**2 + A[0] ** 2 * (1 - ab[0])) / C[0])
     d = (c0 + (cx - A) * ab.sqrt()) * x - B
-    kl = 0.5 * (torch.log(C / bt) + bt / C - 1 + (d ** 2 + (cx - A) ** 2 * (1 - ab)) / C)
+    kl = 0.5 * (torch.log(C / bt) + bt / C - 1 + (d**2 + (cx - A) ** 2 * (1 - ab)) / C)
     kl[:, 0] = 0.0  # t = 1 is the decoder, not a KL term
     prior = prior_kl(sched, x0)
     return {"reconstruction": recon, "prior": prior, "denoising": kl, "elbo": recon - prior - kl.sum(dim=1)}
@@ -184,13 +194,20 @@ def exact_log_likelihood(x0: Tensor, m: float, s: float) -> Tensor:
     """log N(x_0; m, s^2): the true log-likelihood of the data distribution, in nats."""
     m, s = _check_data_params(m, s)
     x0 = torch.as_tensor(x0, dtype=torch.float64)
-    return gaussian_log_likelihood(x0, torch.tensor(m, dtype=torch.float64), torch.tensor(2 * math.log(s),
-                                                                                          dtype=torch.float64))
+    return gaussian_log_likelihood(
+        x0, torch.tensor(m, dtype=torch.float64), torch.tensor(2 * math.log(s), dtype=torch.float64)
+    )
 
 
-def continuous_elbo_terms(model: Callable[[Tensor, Tensor], Tensor], sched: Schedule, x0: Tensor, *,
-                          generator: torch.Generator | None = None, var_type: VarType = "fixed_small",
-                          k: int | None = None) -> dict[str, Tensor]:
+def continuous_elbo_terms(
+    model: Callable[[Tensor, Tensor], Tensor],
+    sched: Schedule,
+    x0: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    var_type: VarType = "fixed_small",
+    k: int | None = None,
+) -> dict[str, Tensor]:
     """Monte Carlo bound terms (nats per example) for continuous data, from the library's own pieces.
 
     :func:`ddpm_tutor.bound.vlb` with the continuous decoder L_0 = -log N(x_0; mu_theta(x_1, 1), sigma_1^2)
@@ -203,6 +220,7 @@ def continuous_elbo_terms(model: Callable[[Tensor, Tensor], Tensor], sched: Sche
     elbo (B,)), elbo = -(prior + sum of terms).
     """
     from .bound import vlb  # bound builds on this module
+
     r = vlb(model, sched, x0, k=k, var_types=(var_type,), decoder="continuous", units="nats", generator=generator)
     D = x0[0].numel()
     terms = torch.full((x0.shape[0], sched.T), float("nan"), dtype=torch.float64)
@@ -224,5 +242,6 @@ def vp_linear_schedule(T: int, beta_min: float = 0.1, beta_max: float = 20.0) ->
     if not 0 < beta_min < beta_max:
         raise ValueError(f"need 0 < beta_min < beta_max, got {beta_min!r}, {beta_max!r}")
     tau = torch.arange(1, T + 1, dtype=torch.float64) / T
-    return Schedule.from_alpha_bar(torch.exp(-(beta_min * tau + 0.5 * (beta_max - beta_min) * tau ** 2)),
-                                   name=f"vp_linear({T})")
+    return Schedule.from_alpha_bar(
+        torch.exp(-(beta_min * tau + 0.5 * (beta_max - beta_min) * tau**2)), name=f"vp_linear({T})"
+    )

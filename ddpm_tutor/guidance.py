@@ -16,9 +16,10 @@ what the tests check against; the noise-aware classifier is :class:`ddpm_tutor.m
 
 Time indices follow :mod:`ddpm_tutor.schedules`: integer t in 0..T-1 is the paper's step t+1.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -50,15 +51,17 @@ def classifier_grad(classifier: Callable[[Tensor, Tensor], Tensor], x_t: Tensor,
         if logits.ndim != 2 or logits.shape[0] != B:
             raise ValueError(f"the classifier must return logits of shape ({B}, K), got {tuple(logits.shape)}")
         if int(y.max()) >= logits.shape[1] or int(y.min()) < 0:
-            raise ValueError(f"labels must lie in 0..{logits.shape[1] - 1} for a classifier with "
-                             f"{logits.shape[1]} classes")
+            raise ValueError(
+                f"labels must lie in 0..{logits.shape[1] - 1} for a classifier with {logits.shape[1]} classes"
+            )
         log_p = torch.log_softmax(logits, dim=1).gather(1, y[:, None]).sum()
         (grad,) = torch.autograd.grad(log_p, x)
     return grad.detach()
 
 
-def classifier_guided_model(model: Model, classifier: Callable[[Tensor, Tensor], Tensor], y, scale: float,
-                            sched: Schedule) -> Model:
+def classifier_guided_model(
+    model: Model, classifier: Callable[[Tensor, Tensor], Tensor], y, scale: float, sched: Schedule
+) -> Model:
     """Classifier guidance as a plain eps model (Dhariwal & Nichol 2021, eq. 14 and Algorithm 2):
 
         eps_guided(x_t, t) = eps(x_t, t) - scale * sqrt(1 - bar alpha_t) * grad_x log p(y | x_t, t).
@@ -97,8 +100,9 @@ def cfg_model(model: Denoiser | Callable[..., Tensor], y, scale: float, null_lab
     scale = _check_scale(scale)
     if isinstance(model, Denoiser):
         if model.null_label is None:
-            raise ValueError("cfg_model needs a class-conditional network, but this Denoiser's is unconditional "
-                             "(null_label=None)")
+            raise ValueError(
+                "cfg_model needs a class-conditional network, but this Denoiser's is unconditional (null_label=None)"
+            )
         if null_label is not None and int(null_label) != model.null_label:
             raise ValueError(f"null_label={null_label} differs from the Denoiser's null label {model.null_label}")
         null_label = model.null_label
@@ -125,8 +129,9 @@ def cfg_model(model: Denoiser | Callable[..., Tensor], y, scale: float, null_lab
 
 
 @torch.no_grad()
-def guidance_metrics(mixture: GaussianMixture, samples: Tensor, y, classes=None,
-                     tail: float = 1e-3) -> dict[str, float]:
+def guidance_metrics(
+    mixture: GaussianMixture, samples: Tensor, y, classes=None, tail: float = 1e-3
+) -> dict[str, float]:
     """How strongly samples meant for class y belong to it, and what guidance costs, under the exact mixture.
 
     - accuracy: fraction with argmax_k p(k | x) = y under the exact clean-data classifier;
@@ -148,7 +153,14 @@ def guidance_metrics(mixture: GaussianMixture, samples: Tensor, y, classes=None,
     diff = x[:, None, :] - mixture.means[None]
     maha = (diff * torch.linalg.solve(mixture.covs[None], diff[..., None])[..., 0]).sum(-1)  # (n, K)
     inside = (maha <= r2).any(dim=1)
-    spreads = [x[(y == k) & inside].var(dim=0).mean().sqrt().item() for k in y.unique().tolist()
-               if int(((y == k) & inside).sum()) > 1]
-    return {"accuracy": acc, "confidence": conf, "off_support": 1.0 - inside.double().mean().item(),
-            "diversity": float(sum(spreads) / max(len(spreads), 1))}
+    spreads = [
+        x[(y == k) & inside].var(dim=0).mean().sqrt().item()
+        for k in y.unique().tolist()
+        if int(((y == k) & inside).sum()) > 1
+    ]
+    return {
+        "accuracy": acc,
+        "confidence": conf,
+        "off_support": 1.0 - inside.double().mean().item(),
+        "diversity": float(sum(spreads) / max(len(spreads), 1)),
+    }

@@ -17,12 +17,12 @@ starting where the previous one stopped. The large sigmas connect the modes; the
 
 Every function takes a ``torch.Generator`` so that runs are reproducible.
 """
+
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -31,8 +31,14 @@ from .data.mixtures import GaussianMixture
 
 Tensor = torch.Tensor
 
-__all__ = ["langevin_update", "langevin_steps", "annealed_langevin", "LangevinState", "geometric_sigmas",
-           "smoothed_mixture"]
+__all__ = [
+    "langevin_update",
+    "langevin_steps",
+    "annealed_langevin",
+    "LangevinState",
+    "geometric_sigmas",
+    "smoothed_mixture",
+]
 
 
 def _check_x(x) -> Tensor:
@@ -56,8 +62,10 @@ def _check_step(step_size, what: str = "step_size") -> float:
 def _score(score_fn, x: Tensor, *args) -> Tensor:
     s = score_fn(x, *args)
     if not isinstance(s, Tensor) or s.shape != x.shape:
-        raise ValueError(f"score_fn must return a tensor of the shape of x {tuple(x.shape)}, "
-                         f"got {tuple(getattr(s, 'shape', ())) or type(s).__name__}")
+        raise ValueError(
+            f"score_fn must return a tensor of the shape of x {tuple(x.shape)}, "
+            f"got {tuple(getattr(s, 'shape', ())) or type(s).__name__}"
+        )
     return s.to(x.dtype)
 
 
@@ -65,8 +73,10 @@ def langevin_update(x: Tensor, score: Tensor, step_size: float, noise: Tensor) -
     """One Langevin step, eq. (1): x + (h / 2) score + sqrt(h) noise (Song & Ermon 2019, eq. 4)."""
     h = _check_step(step_size)
     if score.shape != x.shape or noise.shape != x.shape:
-        raise ValueError(f"score and noise must have the shape of x {tuple(x.shape)}, got "
-                         f"{tuple(score.shape)} and {tuple(noise.shape)}")
+        raise ValueError(
+            f"score and noise must have the shape of x {tuple(x.shape)}, got "
+            f"{tuple(score.shape)} and {tuple(noise.shape)}"
+        )
     return x + 0.5 * h * score + math.sqrt(h) * noise
 
 
@@ -77,13 +87,20 @@ def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 def _check_finite_state(x: Tensor, where: str) -> None:
     if not torch.isfinite(x).all():
-        raise FloatingPointError(f"Langevin dynamics diverged ({where}): x became NaN or inf. The step size is "
-                                 "too large for this score; lower it.")
+        raise FloatingPointError(
+            f"Langevin dynamics diverged ({where}): x became NaN or inf. The step size is "
+            "too large for this score; lower it."
+        )
 
 
 @torch.no_grad()
-def langevin_steps(score_fn: Callable[[Tensor], Tensor], x: Tensor, step_size: float, n_steps: int,
-                   generator: torch.Generator | None = None) -> Tensor:
+def langevin_steps(
+    score_fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    step_size: float,
+    n_steps: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Run ``n_steps`` steps of Langevin dynamics (eq. 1) from ``x`` and return the final state.
 
     score_fn(x) -> grad_x log p(x) of x's shape; x: (n, ...) float, each row one independent chain;
@@ -120,11 +137,12 @@ def _check_sigmas(sigmas) -> Tensor:
     return s
 
 
-def _annealed_iter(score_fn, x: Tensor, sigmas: Tensor, n_steps_each: int, eps_step: float,
-                   generator) -> Iterator[LangevinState]:
+def _annealed_iter(
+    score_fn, x: Tensor, sigmas: Tensor, n_steps_each: int, eps_step: float, generator
+) -> Iterator[LangevinState]:
     sigma_L = float(sigmas[-1])
     for i, sigma in enumerate(sigmas.tolist()):
-        alpha = eps_step * sigma ** 2 / sigma_L ** 2  # Song & Ermon 2019, Algorithm 1, line 3
+        alpha = eps_step * sigma**2 / sigma_L**2  # Song & Ermon 2019, Algorithm 1, line 3
         yield LangevinState(i, 0, sigma, x)
         for k in range(n_steps_each):
             with torch.no_grad():
@@ -133,9 +151,15 @@ def _annealed_iter(score_fn, x: Tensor, sigmas: Tensor, n_steps_each: int, eps_s
         _check_finite_state(x, f"at level {i} (sigma = {sigma:g}, step size {alpha:g})")
 
 
-def annealed_langevin(score_fn: Callable[[Tensor, int], Tensor], x: Tensor, sigmas: Sequence[float],
-                      n_steps_each: int, eps_step: float, generator: torch.Generator | None = None,
-                      yield_intermediates: bool = False):
+def annealed_langevin(
+    score_fn: Callable[[Tensor, int], Tensor],
+    x: Tensor,
+    sigmas: Sequence[float],
+    n_steps_each: int,
+    eps_step: float,
+    generator: torch.Generator | None = None,
+    yield_intermediates: bool = False,
+):
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) from the initial points ``x``.
 
     For i = 1..L: alpha_i = eps_step * sigma_i^2 / sigma_L^2; repeat ``n_steps_each`` times
@@ -175,4 +199,4 @@ def smoothed_mixture(mixture: GaussianMixture, sigma: float) -> GaussianMixture:
     """
     sigma = _check_step(sigma, "sigma")
     eye = torch.eye(mixture.dim, dtype=torch.float64)
-    return GaussianMixture(mixture.weights, mixture.means, mixture.covs + sigma ** 2 * eye)
+    return GaussianMixture(mixture.weights, mixture.means, mixture.covs + sigma**2 * eye)

@@ -3,10 +3,12 @@
 Ho et al. 2020, eq. 5 (the bound L = L_T + sum L_{t-1} + L_0), eq. 14 (L_simple), sec. 3.3 (decoder).
 Shapes: data x0 is (B, ...); per-example results are (B,).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -29,8 +31,14 @@ def sample_t(batch: int, T: int, generator: torch.Generator | None = None, devic
     return torch.randint(0, T, (batch,), generator=generator, device=device)
 
 
-def eps_weight(sched: Schedule, t: Tensor, x: Tensor, weighting: Weighting, var_type: VarType = "fixed_small",
-               min_snr_gamma: float = 5.0) -> Tensor:
+def eps_weight(
+    sched: Schedule,
+    t: Tensor,
+    x: Tensor,
+    weighting: Weighting,
+    var_type: VarType = "fixed_small",
+    min_snr_gamma: float = 5.0,
+) -> Tensor:
     """Weight w_t on the per-pixel eps error ||eps - eps_hat||^2 for each weighting.
 
     Since ||eps - eps_hat||^2 = SNR(t) ||x_0 - x0_hat||^2, every weighting is an SNR weighting:
@@ -52,13 +60,20 @@ def eps_weight(sched: Schedule, t: Tensor, x: Tensor, weighting: Weighting, var_
         _, log_var = reverse_variance(sched, t, x, var_type)
         var = log_var.exp()
         beta, alpha, ab = sched.at("beta", t, x), sched.at("alpha", t, x), sched.at("alpha_bar", t, x)
-        return beta ** 2 / (2.0 * var * alpha * (1.0 - ab))
+        return beta**2 / (2.0 * var * alpha * (1.0 - ab))
     raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
 
 
-def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], sched: Schedule, x0: Tensor, *,
-                   generator: torch.Generator | None = None, weighting: Weighting = "simple",
-                   t: Tensor | None = None, eps: Tensor | None = None) -> Tensor:
+def diffusion_loss(
+    model: Callable[[Tensor, Tensor], Tensor],
+    sched: Schedule,
+    x0: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    weighting: Weighting = "simple",
+    t: Tensor | None = None,
+    eps: Tensor | None = None,
+) -> Tensor:
     """Per-example training loss at a random step (B,): Algorithm 1 of Ho et al. 2020, generalised.
 
     ``model``: a :class:`~ddpm_tutor.diffusion.Denoiser` (its parameterisation says what the network predicts;
@@ -92,8 +107,7 @@ def l_simple(model, sched: Schedule, x0: Tensor, generator: torch.Generator | No
 # --- the variational bound --------------------------------------------------------------------
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) per element, in nats (broadcasting)."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
-                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
 def _std_normal_cdf(x: Tensor) -> Tensor:
@@ -117,8 +131,9 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tens
     log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
     log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
     cdf_delta = cdf_plus - cdf_min
-    return torch.where(x < -0.999, log_cdf_plus,
-                       torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))))
+    return torch.where(
+        x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12)))
+    )
 
 
 def check_image_range(x: Tensor) -> None:
@@ -134,8 +149,16 @@ def prior_bpd(sched: Schedule, x0: Tensor) -> Tensor:
     return mean_flat(kl) / math.log(2.0)
 
 
-def bits_per_dim(model, sched: Schedule, x0: Tensor, *, var_type: VarType = "fixed_small", clip_x0: bool = False,
-                 n_terms: int | None = None, generator: torch.Generator | None = None) -> dict:
+def bits_per_dim(
+    model,
+    sched: Schedule,
+    x0: Tensor,
+    *,
+    var_type: VarType = "fixed_small",
+    clip_x0: bool = False,
+    n_terms: int | None = None,
+    generator: torch.Generator | None = None,
+) -> dict:
     """The negative variational bound of 8-bit images in bits per dimension (Ho et al. 2020, eq. 5, Table 2).
 
     :func:`ddpm_tutor.bound.vlb` for one variance choice: all T terms (``n_terms=None``), or L_T and L_0 exactly
@@ -144,8 +167,13 @@ def bits_per_dim(model, sched: Schedule, x0: Tensor, *, var_type: VarType = "fix
     se_steps, se_images, se).
     """
     from .bound import vlb  # bound builds on this module
+
     r = vlb(model, sched, x0, k=n_terms, var_types=(var_type,), generator=generator, clip_x0=clip_x0)
     terms = torch.full((x0.shape[0], sched.T), float("nan"), dtype=torch.float64)
     terms[:, r["steps"]] = r[var_type]["terms"]
-    return {"terms": terms, "prior": r["prior"], "n_terms": len(r["steps"]),
-            **{key: r[var_type][key] for key in ("total", "se_steps", "se_images", "se")}}
+    return {
+        "terms": terms,
+        "prior": r["prior"],
+        "n_terms": len(r["steps"]),
+        **{key: r[var_type][key] for key in ("total", "se_steps", "se_images", "se")},
+    }

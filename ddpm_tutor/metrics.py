@@ -4,10 +4,10 @@ Two finite samples of the same distribution are never at distance 0; the noise f
 distance between two independent data samples of the same size, and a model is judged by its
 distance as a multiple of that floor.
 """
+
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -19,15 +19,17 @@ Tensor = torch.Tensor
 def _check_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     x, y = torch.as_tensor(x).double(), torch.as_tensor(y).double()
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must be point sets (n, D) and (m, D) of equal D, got "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"x and y must be point sets (n, D) and (m, D) of equal D, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         raise ValueError("samples must be finite, got NaN or inf (did sampling diverge?)")
     return x, y
 
 
-def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256,
-                       generator: torch.Generator | None = None) -> float:
+def sliced_wasserstein(
+    x: Tensor, y: Tensor, n_projections: int = 256, generator: torch.Generator | None = None
+) -> float:
     """Sliced 2-Wasserstein distance: sqrt of the mean over random directions of W_2^2 of the 1D projections.
 
     Rabin et al. 2011. x, y: (n, D) with equal n (1D W_2 between equal-size samples is the
@@ -48,8 +50,13 @@ def energy_distance(x: Tensor, y: Tensor) -> float:
     return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
 
 
-def noise_floor(draw: Callable[[int, torch.Generator], Tensor], n: int, metric: Callable = sliced_wasserstein,
-                repeats: int = 5, seed: int = 0) -> float:
+def noise_floor(
+    draw: Callable[[int, torch.Generator], Tensor],
+    n: int,
+    metric: Callable = sliced_wasserstein,
+    repeats: int = 5,
+    seed: int = 0,
+) -> float:
     """Mean distance between two independent data samples of size n: what a perfect model would score.
 
     draw(n, generator) -> (n, D) samples of the data distribution.
@@ -62,8 +69,7 @@ def noise_floor(draw: Callable[[int, torch.Generator], Tensor], n: int, metric: 
     return float(sum(values) / len(values))
 
 
-def energy_floor(draw: Callable[[int, torch.Generator], Tensor], n: int, seed: int = 0,
-                 pairs: int = 200_000) -> float:
+def energy_floor(draw: Callable[[int, torch.Generator], Tensor], n: int, seed: int = 0, pairs: int = 200_000) -> float:
     """The expected energy distance between two independent data samples of size n, in closed form.
 
     For i.i.d. samples the V-statistic of :func:`energy_distance` has mean 2 E|X - X'| / n exactly (the
@@ -75,8 +81,12 @@ def energy_floor(draw: Callable[[int, torch.Generator], Tensor], n: int, seed: i
     return float(2 * (a - b).norm(dim=1).mean() / n)
 
 
-def compare_to_data(samples: Tensor | Sequence[Tensor], draw: Callable[[int, torch.Generator], Tensor],
-                    seed: int = 0, references: int = 1) -> dict:
+def compare_to_data(
+    samples: Tensor | Sequence[Tensor],
+    draw: Callable[[int, torch.Generator], Tensor],
+    seed: int = 0,
+    references: int = 1,
+) -> dict:
     """Sliced Wasserstein and energy distance of ``samples`` to fresh data, each with its noise floor and ratio.
 
     ``samples``: one set (n, D), or a list of independent sets of equal n (e.g. the same sampler run with
@@ -102,5 +112,14 @@ def compare_to_data(samples: Tensor | Sequence[Tensor], draw: Callable[[int, tor
     sw, ed = sum(sws) / len(sws), sum(eds) / len(eds)
     sw_floor = noise_floor(draw, n, sliced_wasserstein, repeats=10, seed=seed)
     ed_floor = energy_floor(draw, n, seed=seed)
-    return {"n": n, "sets": len(sets), "references": references, "sliced_wasserstein": sw, "sw_floor": sw_floor,
-            "sw_ratio": sw / sw_floor, "energy_distance": ed, "ed_floor": ed_floor, "ed_ratio": ed / ed_floor}
+    return {
+        "n": n,
+        "sets": len(sets),
+        "references": references,
+        "sliced_wasserstein": sw,
+        "sw_floor": sw_floor,
+        "sw_ratio": sw / sw_floor,
+        "energy_distance": ed,
+        "ed_floor": ed_floor,
+        "ed_ratio": ed / ed_floor,
+    }

@@ -10,6 +10,7 @@ one loader :func:`ddpm_tutor.checkpoint.load_model`.
 
 Each shipped file has a model card next to it (``checkpoints/<name>.md``) with the exact command that made it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,6 +43,7 @@ def quality_results(name: str = "mnist") -> dict:
     it: {"ours" | "diffusers_ema" | "diffusers_raw" | "real": {sampler or "bpd": numbers}, "_meta": {...}}.
     The model card's table and the book's quoted numbers come from this file."""
     import json
+
     path = pretrained_path(name).with_name(Path(PRETRAINED[name]).stem + "_quality.json")
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: reinstall ddpm_tutor (the file ships with the package)")

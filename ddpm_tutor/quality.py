@@ -15,6 +15,7 @@ the only judge. :func:`image_quality` reports, each against real digits at the s
 Bits/dim on test digits (:func:`ddpm_tutor.losses.bits_per_dim`) is the fourth axis; it judges the model,
 not a sample, so benchmarks compute it beside this.
 """
+
 from __future__ import annotations
 
 import torch
@@ -47,8 +48,10 @@ def pixel_stats(x: Tensor) -> dict:
     x = (_check_images(x) + 1) / 2
     frame = torch.ones_like(x[0, 0], dtype=torch.bool)
     frame[BORDER:-BORDER, BORDER:-BORDER] = False
-    return {"border": float((x[:, :, frame] > BRIGHT).float().mean()),
-            "grey": float(((x > GREY[0]) & (x < GREY[1])).float().mean())}
+    return {
+        "border": float((x[:, :, frame] > BRIGHT).float().mean()),
+        "grey": float(((x > GREY[0]) & (x < GREY[1])).float().mean()),
+    }
 
 
 class RandomFeatures(nn.Module):
@@ -62,8 +65,13 @@ class RandomFeatures(nn.Module):
     def __init__(self, seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.convs = nn.ModuleList([nn.Conv2d(1, 32, 3, padding=1), nn.Conv2d(32, 64, 3, stride=2, padding=1),
-                                    nn.Conv2d(64, 64, 3, stride=2, padding=1)])
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(1, 32, 3, padding=1),
+                nn.Conv2d(32, 64, 3, stride=2, padding=1),
+                nn.Conv2d(64, 64, 3, stride=2, padding=1),
+            ]
+        )
         for conv in self.convs:  # He-normal weights from our own generator, zero bias
             fan_in = conv.in_channels * 9
             conv.weight.data = torch.randn(conv.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5
@@ -83,6 +91,7 @@ class RandomFeatures(nn.Module):
 def random_feature_frechet(samples: Tensor, reference: Tensor, seed: int = 0) -> float:
     """Frechet distance between samples and reference in :class:`RandomFeatures` space (both (N, 1, H, W))."""
     from .classifier import frechet_distance, gaussian_stats
+
     net = RandomFeatures(seed)
     a = torch.cat([net(b) for b in _check_images(samples).split(500)]).double() * FEATURE_SCALE
     b = torch.cat([net(b) for b in _check_images(reference).split(500)]).double() * FEATURE_SCALE
@@ -96,11 +105,18 @@ def image_quality(samples: Tensor, reference: Tensor, classifier=None, labels: T
     requested ``labels``, the accuracy and per-class accuracy of the labels asked for.
     """
     from .classifier import load_digit_classifier, sample_quality
+
     clf = classifier if classifier is not None else load_digit_classifier()
     q = sample_quality(clf, samples, reference=reference, labels=labels)
-    out = {"n": q["n"], "frechet_clf": q["frechet"], "frechet_rand": random_feature_frechet(samples, reference),
-           **pixel_stats(samples), "confidence": q["confidence"], "balance": q["balance"],
-           "class_counts": q["class_counts"]}
+    out = {
+        "n": q["n"],
+        "frechet_clf": q["frechet"],
+        "frechet_rand": random_feature_frechet(samples, reference),
+        **pixel_stats(samples),
+        "confidence": q["confidence"],
+        "balance": q["balance"],
+        "class_counts": q["class_counts"],
+    }
     if labels is not None:
         out["accuracy"], out["accuracy_per_class"] = q["accuracy"], q["accuracy_per_class"]
     return out

@@ -7,11 +7,11 @@ Each sampler has a ``*_steps`` generator that yields every intermediate state (f
 plots) and a wrapper that returns the final sample. A step function (``ddpm_step``, ``ddim_step``)
 does one update given the network output and the noise, so it can be checked against other code.
 """
+
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -56,9 +56,17 @@ def _check_x_T(x_T: Tensor | None, shape: Sequence[int]) -> None:
         raise ValueError(f"x_T must have the shape {tuple(shape)}, got {tuple(x_T.shape)}")
 
 
-def ddpm_step(sched: Schedule, x_t: Tensor, t: Tensor, model_out: Tensor, noise: Tensor, *,
-              parameterization: Parameterization = "eps", var_type: VarType = "fixed_small",
-              clip_x0: bool = False) -> tuple[Tensor, Tensor]:
+def ddpm_step(
+    sched: Schedule,
+    x_t: Tensor,
+    t: Tensor,
+    model_out: Tensor,
+    noise: Tensor,
+    *,
+    parameterization: Parameterization = "eps",
+    var_type: VarType = "fixed_small",
+    clip_x0: bool = False,
+) -> tuple[Tensor, Tensor]:
     """One ancestral step x_{t-1} = mu_theta(x_t, t) + sigma_t z, with no noise at the last step (t = 0).
 
     Ho et al. 2020, Algorithm 2, line 4. ``model_out`` is the network's output at (x_t, t), which predicts
@@ -70,9 +78,19 @@ def ddpm_step(sched: Schedule, x_t: Tensor, t: Tensor, model_out: Tensor, noise:
     return p["mean"] + nonzero * p["variance"].sqrt() * noise, p["x0_hat"]
 
 
-def ddpm_steps(model: Model, sched: Schedule, shape: Sequence[int], *, generator: torch.Generator | None = None,
-               device=None, var_type: VarType = "fixed_small", clip_x0: bool = False, x_T: Tensor | None = None,
-               t_start: int | None = None, dtype=torch.float32) -> Iterator[SamplerState]:
+def ddpm_steps(
+    model: Model,
+    sched: Schedule,
+    shape: Sequence[int],
+    *,
+    generator: torch.Generator | None = None,
+    device=None,
+    var_type: VarType = "fixed_small",
+    clip_x0: bool = False,
+    x_T: Tensor | None = None,
+    t_start: int | None = None,
+    dtype=torch.float32,
+) -> Iterator[SamplerState]:
     """Yield x_T, x_{T-1}, ..., x_0 of the ancestral sampler (Ho et al. 2020, Algorithm 2).
 
     States are SamplerState(t, x, x0_hat, x0_hat_paper_t) where t is the step index of x (T-1 ... 0, then -1
@@ -98,8 +116,16 @@ def ddpm_steps(model: Model, sched: Schedule, shape: Sequence[int], *, generator
             out = den.model_out(x, t)
         z = _noise(x.shape, generator, device, x.dtype) if step > 0 else torch.zeros_like(x)
         # the step gets t as one number: every row shares it, and one table lookup beats B of them
-        x, x0_hat = ddpm_step(sched, x, torch.tensor(step, device=device), out, z,
-                              parameterization=den.parameterization, var_type=var_type, clip_x0=clip_x0)
+        x, x0_hat = ddpm_step(
+            sched,
+            x,
+            torch.tensor(step, device=device),
+            out,
+            z,
+            parameterization=den.parameterization,
+            var_type=var_type,
+            clip_x0=clip_x0,
+        )
         yield SamplerState(step - 1, x, x0_hat, x0_hat_paper_t=step + 1)
 
 
@@ -120,8 +146,18 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
     return [i * k for i in range(steps)][::-1]
 
 
-def ddim_step(sched: Schedule, x_t: Tensor, t: Tensor, t_prev: Tensor, model_out: Tensor, noise: Tensor | None, *,
-              eta: float = 0.0, parameterization: Parameterization = "eps", clip_x0: bool = False) -> tuple[Tensor, Tensor]:
+def ddim_step(
+    sched: Schedule,
+    x_t: Tensor,
+    t: Tensor,
+    t_prev: Tensor,
+    model_out: Tensor,
+    noise: Tensor | None,
+    *,
+    eta: float = 0.0,
+    parameterization: Parameterization = "eps",
+    clip_x0: bool = False,
+) -> tuple[Tensor, Tensor]:
     """One DDIM update from step t to step t_prev < t (t_prev = -1 means to x_0, where bar alpha = 1).
 
     x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma z,
@@ -141,7 +177,7 @@ def ddim_step(sched: Schedule, x_t: Tensor, t: Tensor, t_prev: Tensor, model_out
     last = (t_prev < 0).reshape(ab.shape) if t_prev.ndim else t_prev < 0  # the step to x_0, where bar alpha = 1
     ab_prev = torch.where(last, 1.0, sched.at("alpha_bar", t_prev.clamp(min=0), x_t))
     sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp(min=0).sqrt()
-    x_prev = ab_prev.sqrt() * x0_hat + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps_hat
+    x_prev = ab_prev.sqrt() * x0_hat + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps_hat
     if eta > 0:
         if noise is None:
             raise ValueError("ddim_step with eta > 0 needs noise of the shape of x_t")
@@ -149,9 +185,20 @@ def ddim_step(sched: Schedule, x_t: Tensor, t: Tensor, t_prev: Tensor, model_out
     return x_prev, x0_hat
 
 
-def ddim_steps(model: Model, sched: Schedule, shape: Sequence[int], *, steps: int = 50, eta: float = 0.0,
-               timesteps: Sequence[int] | None = None, generator: torch.Generator | None = None, device=None,
-               clip_x0: bool = False, x_T: Tensor | None = None, dtype=torch.float32) -> Iterator[SamplerState]:
+def ddim_steps(
+    model: Model,
+    sched: Schedule,
+    shape: Sequence[int],
+    *,
+    steps: int = 50,
+    eta: float = 0.0,
+    timesteps: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    device=None,
+    clip_x0: bool = False,
+    x_T: Tensor | None = None,
+    dtype=torch.float32,
+) -> Iterator[SamplerState]:
     """Yield the states of DDIM over a subsequence of steps (Song et al. 2021, eq. 12).
 
     ``timesteps`` (decreasing step indices) overrides ``steps``; the default is ``ddim_timesteps(T, steps)``.
@@ -171,8 +218,17 @@ def ddim_steps(model: Model, sched: Schedule, shape: Sequence[int], *, steps: in
         with torch.no_grad():
             out = den.model_out(x, t)
         z = _noise(x.shape, generator, device, x.dtype) if eta > 0 else None
-        x, x0_hat = ddim_step(sched, x, torch.tensor(step, device=device), torch.tensor(prev, device=device), out,
-                              z, eta=eta, parameterization=den.parameterization, clip_x0=clip_x0)
+        x, x0_hat = ddim_step(
+            sched,
+            x,
+            torch.tensor(step, device=device),
+            torch.tensor(prev, device=device),
+            out,
+            z,
+            eta=eta,
+            parameterization=den.parameterization,
+            clip_x0=clip_x0,
+        )
         yield SamplerState(prev, x, x0_hat, x0_hat_paper_t=step + 1)
 
 

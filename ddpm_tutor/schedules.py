@@ -12,6 +12,7 @@ before (``alpha_bar_prev[0] = 1``: x_0 is the data).
 
 All tables are computed in float64 and cast to the data's dtype when used.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,10 @@ def _check_beta(beta: Tensor) -> Tensor:
         bad = beta[(beta <= 0) | (beta >= 1)]
         raise ValueError(f"every beta must lie in the open interval (0, 1), got e.g. {bad[0].item()!r}")
     if ((1.0 - beta) == 1.0).any():
-        raise ValueError(f"every beta must be large enough that 1 - beta < 1 in float64 (about 1e-16 or more), "
-                         f"got {beta.min().item()!r}")
+        raise ValueError(
+            f"every beta must be large enough that 1 - beta < 1 in float64 (about 1e-16 or more), "
+            f"got {beta.min().item()!r}"
+        )
     return beta
 
 
@@ -95,7 +98,7 @@ class Schedule:
 
     # constructors -----------------------------------------------------------------
     @classmethod
-    def linear(cls, T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> "Schedule":
+    def linear(cls, T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> Schedule:
         """The paper's linear schedule: beta_t from beta_1 to beta_T (Ho et al. 2020, sec. 4)."""
         T = positive_int(T, "T")
         if T == 1:
@@ -103,7 +106,7 @@ class Schedule:
         return cls(torch.linspace(beta_1, beta_T, T, dtype=torch.float64), name="linear")
 
     @classmethod
-    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "Schedule":
+    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
         """Cosine schedule: bar alpha(t) = f(t)/f(0), f(t) = cos^2((t/T + s)/(1 + s) pi/2).
 
         Nichol & Dhariwal 2021, eq. 17; beta clipped at ``max_beta`` as there.
@@ -117,7 +120,7 @@ class Schedule:
         return cls(beta, name="cosine")
 
     @classmethod
-    def from_alpha_bar(cls, alpha_bar, name: str = "custom") -> "Schedule":
+    def from_alpha_bar(cls, alpha_bar, name: str = "custom") -> Schedule:
         """Schedule whose cumulative products are the given strictly decreasing ``alpha_bar`` in (0, 1)."""
         ab = torch.as_tensor(alpha_bar, dtype=torch.float64)
         if ab.ndim != 1 or ab.numel() < 1:
@@ -126,8 +129,9 @@ class Schedule:
         return cls(1 - ab / prev, name=name)
 
     @classmethod
-    def get(cls, name: str, T: int = 1000) -> "Schedule":
-        """Schedule by name: ``"linear"`` (the paper's, scaled to keep bar alpha_T roughly when T != 1000) or ``"cosine"``."""
+    def get(cls, name: str, T: int = 1000) -> Schedule:
+        """Schedule by name: ``"linear"`` (the paper's, scaled to keep bar alpha_T roughly when T != 1000) or
+        ``"cosine"``."""
         if name == "linear":
             # Scaling beta by 1000/T (Nichol & Dhariwal 2021) keeps the sum of the betas, so bar alpha_T stays
             # roughly where it was (2.0e-5 at T = 100, 4.0e-5 at T = 1000, 4.2e-5 at T = 4000). It does not keep

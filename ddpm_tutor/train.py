@@ -4,6 +4,7 @@ Ho et al. 2020, Algorithm 1: draw x_0, t ~ U{1..T}, eps ~ N(0, I); step on the l
 model(q_sample(x_0, t, eps), t). Everything random comes from one CPU torch.Generator whose state
 is checkpointed, so a resumed run continues bit-for-bit.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,9 +16,17 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from .checkpoint import (  # noqa: F401 - they live in checkpoint.py
+    FORMAT,
+    RESUME_KEYS,
+    build_model,
+    check_format,
+    load_checkpoint,
+    load_model,
+    model_spec_of,
+    save_checkpoint,
+)
 from .checks import positive_int
-from .checkpoint import FORMAT, RESUME_KEYS, check_format, load_checkpoint, save_checkpoint
-from .checkpoint import build_model, load_model, model_spec_of  # noqa: F401 - they live in checkpoint.py
 from .device import default_device
 from .diffusion import PARAMETERIZATIONS, Denoiser
 from .losses import WEIGHTINGS, diffusion_loss
@@ -79,7 +88,7 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -91,8 +100,17 @@ class Trainer:
     `checkpoint.load_model` can rebuild it.
     """
 
-    def __init__(self, model: nn.Module, sched: Schedule, data: Tensor, config: TrainConfig | None = None, *,
-                 labels: Tensor | None = None, device=None, model_spec: dict | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        sched: Schedule,
+        data: Tensor,
+        config: TrainConfig | None = None,
+        *,
+        labels: Tensor | None = None,
+        device=None,
+        model_spec: dict | None = None,
+    ):
         self.config = config or TrainConfig()
         if not isinstance(data, Tensor) or data.ndim < 2 or data.shape[0] < 1:
             raise ValueError(f"data must be a tensor (N, ...) with N >= 1, got {getattr(data, 'shape', type(data))}")
@@ -112,8 +130,9 @@ class Trainer:
         torch.manual_seed(c.seed)  # dropout draws from the global generator
         self.generator = torch.Generator().manual_seed(c.seed)
         # the fused kernel (one pass over all parameters) where torch has one: ~13% of a 2-D MLP's step on a CPU
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay,
-                                     fused=self.device.type in ("cpu", "cuda"))
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay, fused=self.device.type in ("cpu", "cuda")
+        )
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(c.ema_decay), use_buffers=True)
         self.autocast = c.amp == "bf16" or (c.amp == "auto" and native_bf16(self.device))
@@ -156,7 +175,8 @@ class Trainer:
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"the loss became {loss.item()} at step {self.step}: training stopped. Lower the learning rate "
-                f"(now {self.opt.param_groups[0]['lr']:.3g}) or check the data for extreme values.")
+                f"(now {self.opt.param_groups[0]['lr']:.3g}) or check the data for extreme values."
+            )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if c.grad_clip:
@@ -169,8 +189,14 @@ class Trainer:
         self.losses.append(value)
         return value
 
-    def run(self, steps: int | None = None, *, progress: bool = True, checkpoint: str | Path | None = None,
-            checkpoint_every: int = 0) -> list[float]:
+    def run(
+        self,
+        steps: int | None = None,
+        *,
+        progress: bool = True,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int = 0,
+    ) -> list[float]:
         """Train until ``steps`` in total (default: config.steps), saving to ``checkpoint`` every
         ``checkpoint_every`` steps and at the end. Returns the losses of all steps so far."""
         target = self.config.steps if steps is None else steps
@@ -178,7 +204,7 @@ class Trainer:
             raise ValueError(f"steps={target} is before the current step {self.step}")
         bar = tqdm(total=target, initial=self.step, disable=not progress, desc="train", mininterval=1.0)
         while self.step < target:
-            loss = self.train_step()
+            self.train_step()
             bar.update(1)
             if self.step % 50 == 0:
                 bar.set_postfix(loss=f"{sum(self.losses[-50:]) / len(self.losses[-50:]):.4f}")

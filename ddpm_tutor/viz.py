@@ -24,12 +24,13 @@ What cannot be precomputed (designing a schedule, a guidance scale) uses ipywidg
 a running kernel: :func:`live_plot` builds one, :func:`live_only_note` shows the note that says so. How
 chapters use players and widgets (and the rest of a chapter's conventions) is in CONTRIBUTING.md, "Style".
 """
+
 from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import matplotlib
 import numpy as np
@@ -162,8 +163,9 @@ def player(
     limit = max(EMBED_LIMIT_MB, float(matplotlib.rcParams["animation.embed_limit"]))  # a larger global one wins
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "player.html")
-        writer = animation.HTMLWriter(fps=1000.0 / interval_ms, embed_frames=True,
-                                      default_mode="loop" if loop else "once", embed_limit=limit)
+        writer = animation.HTMLWriter(
+            fps=1000.0 / interval_ms, embed_frames=True, default_mode="loop" if loop else "once", embed_limit=limit
+        )
         anim.save(str(path), writer=writer, dpi=dpi)
         html = path.read_text()
     found = len(_FRAME.findall(html))
@@ -250,11 +252,10 @@ def scatter_player(
         ax.set_aspect("equal", adjustable="box")
         ax.tick_params(labelsize="x-small")
 
-    return player(draw, len(frames), labels, title=title, figsize=figsize, dpi=dpi,
-                  interval_ms=interval_ms, loop=loop)
+    return player(draw, len(frames), labels, title=title, figsize=figsize, dpi=dpi, interval_ms=interval_ms, loop=loop)
 
 
-def _check_images(x, what: str = "images") -> "torch.Tensor":  # noqa: F821
+def _check_images(x, what: str = "images") -> torch.Tensor:  # noqa: F821
     import torch
 
     from .checks import image_range  # here, like torch: importing viz does not import torch
@@ -320,8 +321,7 @@ def image_player(
         ax.imshow(grids[i], interpolation="nearest")
         ax.set_axis_off()
 
-    return player(draw, len(grids), labels, title=title, figsize=figsize, dpi=dpi,
-                  interval_ms=interval_ms, loop=loop)
+    return player(draw, len(grids), labels, title=title, figsize=figsize, dpi=dpi, interval_ms=interval_ms, loop=loop)
 
 
 def line_player(
@@ -377,8 +377,7 @@ def line_player(
             ax.set_ylabel(ylabel, fontsize="small")
         ax.tick_params(labelsize="x-small")
 
-    return player(draw, len(ys), labels, title=title, figsize=figsize, dpi=dpi,
-                  interval_ms=interval_ms, loop=loop)
+    return player(draw, len(ys), labels, title=title, figsize=figsize, dpi=dpi, interval_ms=interval_ms, loop=loop)
 
 
 def pick_frames(seq: Sequence, n: int = 20) -> list:

@@ -1,4 +1,5 @@
 """Helpers the tests share: reading a player's markup back."""
+
 from __future__ import annotations
 
 import base64

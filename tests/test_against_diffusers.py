@@ -1,4 +1,5 @@
 """Schedules and single sampler steps against diffusers' DDPMScheduler and DDIMScheduler (a test-only reference)."""
+
 import pytest
 import torch
 
@@ -26,8 +27,15 @@ def test_cosine_schedule_matches_diffusers():
 @pytest.mark.parametrize("clip", [False, True])
 @pytest.mark.parametrize("step", [999, 500, 1, 0])
 def test_ddpm_step_matches_diffusers(var_type, clip, step):
-    ref = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                        variance_type=var_type, clip_sample=clip, prediction_type="epsilon")
+    ref = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        variance_type=var_type,
+        clip_sample=clip,
+        prediction_type="epsilon",
+    )
     sched = Schedule(ref.betas.double())  # the same float32-rounded betas, so only the step is compared
     g = torch.Generator().manual_seed(step)
     x = torch.randn(4, 3, 8, 8, generator=g)
@@ -41,9 +49,16 @@ def test_ddpm_step_matches_diffusers(var_type, clip, step):
 @pytest.mark.parametrize("steps", [10, 50])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddim_steps_match_diffusers(steps, eta):
-    ref = DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                        clip_sample=False, set_alpha_to_one=True, prediction_type="epsilon",
-                        timestep_spacing="leading")
+    ref = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        prediction_type="epsilon",
+        timestep_spacing="leading",
+    )
     ref.set_timesteps(steps)
     sched = Schedule(ref.betas.double())
     assert ref.timesteps.tolist() == ddim_timesteps(1000, steps)

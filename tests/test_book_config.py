@@ -8,6 +8,7 @@ asserting, or calling a ddpm_tutor.exercises check_ function); no gated solution
 (solution-start/-end break the student edition with sphinx-exercise 1.2). Also: every page in book/ is in
 the toc or excluded, and every cited key is in book/references.bib.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,10 +26,21 @@ TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
 TEMPLATE = "book/_template.ipynb"
 
 ALLOWED_TAGS = {
-    "remove-cell", "remove-input", "remove-output",
-    "hide-cell", "hide-input", "hide-output", "full-width", "margin",
-    "self-check", "raises-exception", "skip-execution",
-    "nbval-ignore-output", "nbval-check-output", "nbval-skip", "nbval-raises-exception",
+    "remove-cell",
+    "remove-input",
+    "remove-output",
+    "hide-cell",
+    "hide-input",
+    "hide-output",
+    "full-width",
+    "margin",
+    "self-check",
+    "raises-exception",
+    "skip-execution",
+    "nbval-ignore-output",
+    "nbval-check-output",
+    "nbval-skip",
+    "nbval-raises-exception",
 }
 WIDGET_CODE = re.compile(r"\bipywidgets\b|\bwidgets\.|\binteract(ive)?\(|\blive_plot\(")
 SELF_CHECK = re.compile(r"^\s*assert\b|\bcheck_\w+\(", re.MULTILINE)
@@ -97,7 +109,8 @@ def test_every_page_in_book_is_in_the_toc_or_excluded():
     stray = [
         str(p.relative_to(ROOT))
         for p in sorted((ROOT / "book").rglob("*"))
-        if p.suffix in (".md", ".ipynb") and not excluded(str(p.relative_to(ROOT)))
+        if p.suffix in (".md", ".ipynb")
+        and not excluded(str(p.relative_to(ROOT)))
         and str(p.relative_to(ROOT)) not in listed
     ]
     assert not stray, f"pages in book/ neither in _toc.yml nor excluded in _config.yml: {stray}"

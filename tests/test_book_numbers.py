@@ -6,6 +6,7 @@ computation or the hidden assert that checks it); in a paragraph that cites wher
 table, section or appendix of a paper), or in a table right after such a paragraph; a year; or one of the few
 structural constants below. This scan is a net for the typed numbers that slip through review, not a proof.
 """
+
 import json
 import re
 from pathlib import Path
@@ -28,8 +29,14 @@ def _prose(md: str) -> str:
     """Markdown without what is not prose: code, display math, glue and cross-reference roles, labels, links."""
     for pattern in (r"```.*?```", r"\$\$.*?\$\$", r"\\begin\{.*?\\end\{[^}]*\}"):
         md = re.sub(pattern, " ", md, flags=re.S)
-    for pattern in (r"\{glue:?\w*\}`[^`]*`", r"\{(doc|ref|eq|numref|download)\}`[^`]*`", r"\(([^)]*)\)=",
-                    r"\]\([^)]*\)", r"https?://\S+", r":label: .*"):
+    for pattern in (
+        r"\{glue:?\w*\}`[^`]*`",
+        r"\{(doc|ref|eq|numref|download)\}`[^`]*`",
+        r"\(([^)]*)\)=",
+        r"\]\([^)]*\)",
+        r"https?://\S+",
+        r":label: .*",
+    ):
         md = re.sub(pattern, " ", md)
     return md
 
@@ -49,20 +56,26 @@ def typed_numbers(path: Path) -> list[tuple[int, str, str]]:
                 v = m.group(1)
                 if sourced or re.fullmatch(r"(19|20)\d\d", v) or v in STRUCTURAL or v.replace(",", "") in code:
                     continue
-                found.append((i, v, " ".join(para[max(0, m.start() - 60): m.end() + 20].split())))
+                found.append((i, v, " ".join(para[max(0, m.start() - 60) : m.end() + 20].split())))
     return found
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_no_hand_typed_number_in_prose(path):
     found = typed_numbers(path)
-    assert not found, ("numbers typed into the prose with no glue, no assert in the notebook's code and no cited "
-                       "source (cell, number, context):\n" + "\n".join(map(str, found)))
+    assert not found, (
+        "numbers typed into the prose with no glue, no assert in the notebook's code and no cited "
+        "source (cell, number, context):\n" + "\n".join(map(str, found))
+    )
 
 
 def test_the_scan_sees_a_typed_number(tmp_path):
-    nb = {"cells": [{"cell_type": "markdown", "source": ["The chain forgets x_0 at t = 674, and 0.37 of it.\n"]},
-                    {"cell_type": "code", "source": ["x = 1\n"]}]}
+    nb = {
+        "cells": [
+            {"cell_type": "markdown", "source": ["The chain forgets x_0 at t = 674, and 0.37 of it.\n"]},
+            {"cell_type": "code", "source": ["x = 1\n"]},
+        ]
+    }
     path = tmp_path / "nb.ipynb"
     path.write_text(json.dumps(nb))
     assert [v for _, v, _ in typed_numbers(path)] == ["674", "0.37"]

@@ -1,4 +1,5 @@
 """The one bound loop (ddpm_tutor.bound) against exact sums, the old uniform estimator and closed forms."""
+
 import math
 
 import pytest
@@ -53,7 +54,7 @@ def replay(terms, prior, k, n, seed, kind):
 def exact_variance(terms, k):
     """Var over the steps of the stratified estimate of the batch mean: sum_h N_h^2 sigma_h^2."""
     b, y = strata(T, k), terms.mean(0)
-    return sum(float((b[h + 1] - b[h]) ** 2 * y[b[h]:b[h + 1]].var(unbiased=False)) for h in range(k - 1))
+    return sum(float((b[h + 1] - b[h]) ** 2 * y[b[h] : b[h + 1]].var(unbiased=False)) for h in range(k - 1))
 
 
 def test_strata_and_draws():
@@ -94,7 +95,7 @@ def test_stratified_is_unbiased_with_less_variance_than_uniform_and_a_conservati
     _, _, _, full = setup
     terms, prior = full["fixed_small"]["terms"], full["prior"]
     y = terms.mean(0)
-    assert y[1] > 10 * y[T // 2:].mean(), y  # terms that vary with t: what stratification exploits
+    assert y[1] > 10 * y[T // 2 :].mean(), y  # terms that vary with t: what stratification exploits
     exact, n = float(full["fixed_small"]["total"].mean()), 4000
     strat, v = replay(terms, prior, K, n, 0, "stratified")
     unif, _ = replay(terms, prior, K, n, 1, "uniform")
@@ -107,8 +108,8 @@ def test_stratified_is_unbiased_with_less_variance_than_uniform_and_a_conservati
     # (d) the collapsed-strata variance is conservative: on average at least the true variance, and exactly
     # the true variance plus the spread of the true stratum sums within each pair
     b = strata(T, K)
-    Y = torch.stack([y[b[h]:b[h + 1]].sum() for h in range(K - 1)])
-    bias = sum(float(((Y[h:h + 2] - Y[h:h + 2].mean()) ** 2).sum() * 2) for h in range(0, K - 1, 2))
+    Y = torch.stack([y[b[h] : b[h + 1]].sum() for h in range(K - 1)])
+    bias = sum(float(((Y[h : h + 2] - Y[h : h + 2].mean()) ** 2).sum() * 2) for h in range(0, K - 1, 2))
     assert float(v.mean()) >= 0.95 * float(strat.var())
     assert float(v.mean()) == pytest.approx(var + bias, rel=4 * float(v.std()) / math.sqrt(n) / (var + bias))
 
@@ -116,10 +117,18 @@ def test_stratified_is_unbiased_with_less_variance_than_uniform_and_a_conservati
 def test_loop_estimates_average_to_the_exact_sum(setup):
     """Through the loop (fresh noise and steps each time): stratified estimates centre on the full sum."""
     sched, x0, model, _ = setup
-    est = torch.stack([bits_per_dim(model, sched, x0, n_terms=K, generator=torch.Generator().manual_seed(s))["total"]
-                       .mean() for s in range(60)])
-    full = torch.stack([bits_per_dim(model, sched, x0, generator=torch.Generator().manual_seed(1000 + s))["total"]
-                        .mean() for s in range(20)])
+    est = torch.stack(
+        [
+            bits_per_dim(model, sched, x0, n_terms=K, generator=torch.Generator().manual_seed(s))["total"].mean()
+            for s in range(60)
+        ]
+    )
+    full = torch.stack(
+        [
+            bits_per_dim(model, sched, x0, generator=torch.Generator().manual_seed(1000 + s))["total"].mean()
+            for s in range(20)
+        ]
+    )
     se = math.sqrt(float(est.var()) / len(est) + float(full.var()) / len(full))
     assert abs(float(est.mean() - full.mean())) < 4 * se, (float(est.mean()), float(full.mean()), se)
     one = bits_per_dim(model, sched, x0, n_terms=K, generator=torch.Generator().manual_seed(0))
@@ -154,8 +163,9 @@ def test_continuous_decoder_matches_the_gaussian_closed_form(var_type):
     means = torch.tensor(means)
     assert abs(float(means.mean()) - truth) < 4 * float(means.std()) / math.sqrt(len(means)), (means, truth)
     assert float(means.std()) < 1.5 * max(ses), (float(means.std()), ses)  # the reported se is not optimistic
-    out = elbo.continuous_elbo_terms(model, sched, x0, generator=torch.Generator().manual_seed(1), k=K,
-                                         var_type=var_type)
+    out = elbo.continuous_elbo_terms(
+        model, sched, x0, generator=torch.Generator().manual_seed(1), k=K, var_type=var_type
+    )
     assert int(out["terms"][0].isfinite().sum()) == K and out["elbo"].shape == (n,)
 
 

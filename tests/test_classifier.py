@@ -1,11 +1,17 @@
-import math
-
 import numpy as np
 import pytest
 import torch
 
-from ddpm_tutor.classifier import (DigitClassifier, accuracy, frechet_distance, gaussian_stats, load_classifier,
-                                   sample_quality, save_classifier, train_digit_classifier)
+from ddpm_tutor.classifier import (
+    DigitClassifier,
+    accuracy,
+    frechet_distance,
+    gaussian_stats,
+    load_classifier,
+    sample_quality,
+    save_classifier,
+    train_digit_classifier,
+)
 
 
 def _toy_digits(n=200, seed=0):
@@ -80,6 +86,7 @@ def test_bad_input_is_refused():
 def test_shipped_classifier_is_accurate():
     from ddpm_tutor.classifier import load_digit_classifier
     from ddpm_tutor.data.images import load_mnist
+
     clf = load_digit_classifier()
     x, y = load_mnist(train=False)
     assert accuracy(clf, x, y) > 0.93

@@ -18,8 +18,22 @@ def run(*args, cwd):
 
 
 def test_train_sample_evaluate_toy2d(tmp_path):
-    r = run("train", "toy2d", "--dataset", "8gaussians", "--steps", "30", "--n-data", "500", "--hidden", "16",
-            "--T", "50", "--quiet", cwd=tmp_path)
+    r = run(
+        "train",
+        "toy2d",
+        "--dataset",
+        "8gaussians",
+        "--steps",
+        "30",
+        "--n-data",
+        "500",
+        "--hidden",
+        "16",
+        "--T",
+        "50",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     ckpt = tmp_path / "runs" / "8gaussians" / "checkpoint.pt"
     assert load_checkpoint(ckpt)["step"] == 30
@@ -32,8 +46,23 @@ def test_train_sample_evaluate_toy2d(tmp_path):
     # an existing run is never overwritten silently; --resume continues it
     r = run("train", "toy2d", "--dataset", "8gaussians", "--steps", "30", "--quiet", cwd=tmp_path)
     assert r.returncode != 0 and "--resume" in r.stderr
-    r = run("train", "toy2d", "--dataset", "8gaussians", "--steps", "40", "--n-data", "500", "--hidden", "16",
-            "--T", "50", "--quiet", "--resume", cwd=tmp_path)
+    r = run(
+        "train",
+        "toy2d",
+        "--dataset",
+        "8gaussians",
+        "--steps",
+        "40",
+        "--n-data",
+        "500",
+        "--hidden",
+        "16",
+        "--T",
+        "50",
+        "--quiet",
+        "--resume",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert load_checkpoint(ckpt)["step"] == 40
 
@@ -54,8 +83,30 @@ def sample(*args):
 def toy_ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy") / "run"
     with torch.random.fork_rng():  # training seeds the global generator; other tests keep theirs
-        assert main(["train", "toy2d", "--dataset", "8gaussians", "--steps", "30", "--n-data", "500", "--hidden",
-                     "16", "--T", "50", "--quiet", "--device", "cpu", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "toy2d",
+                    "--dataset",
+                    "8gaussians",
+                    "--steps",
+                    "30",
+                    "--n-data",
+                    "500",
+                    "--hidden",
+                    "16",
+                    "--T",
+                    "50",
+                    "--quiet",
+                    "--device",
+                    "cpu",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     return out / "checkpoint.pt"
 
 
@@ -70,8 +121,29 @@ def cond_unet_ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("unet") / "run"
     with pytest.MonkeyPatch.context() as mp, torch.random.fork_rng():
         mp.setattr(images, "load_mnist", fake_mnist)
-        assert main(["train", "mnist", "--conditional", "--n-data", "64", "--steps", "2", "--batch-size", "8",
-                     "--T", "20", "--quiet", "--device", "cpu", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "mnist",
+                    "--conditional",
+                    "--n-data",
+                    "64",
+                    "--steps",
+                    "2",
+                    "--batch-size",
+                    "8",
+                    "--T",
+                    "20",
+                    "--quiet",
+                    "--device",
+                    "cpu",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     return out / "checkpoint.pt"
 
 
@@ -94,27 +166,60 @@ def test_sample_pt_and_defaults_2d(toy_ckpt, tmp_path):
     assert sample("--checkpoint", str(toy_ckpt), "--out", str(out)) == 0  # no --n, --sampler: the 2-D defaults
     d = torch.load(out)
     assert d["samples"].shape == (2000, 2) and d["samples"].dtype == torch.float32 and d["labels"] is None
-    assert d["meta"] == {"checkpoint": str(toy_ckpt.resolve()), "sampler": "ddpm", "steps": 50, "eta": None,
-                         "var_type": "fixed_small", "guidance": 0.0, "seed": 0, "n": 2000}
+    assert d["meta"] == {
+        "checkpoint": str(toy_ckpt.resolve()),
+        "sampler": "ddpm",
+        "steps": 50,
+        "eta": None,
+        "var_type": "fixed_small",
+        "guidance": 0.0,
+        "seed": 0,
+        "n": 2000,
+    }
     # the same seed gives the same samples in either format
     assert sample("--checkpoint", str(toy_ckpt), "--n", "2000", "--out", str(tmp_path / "s.npy")) == 0
     assert torch.equal(d["samples"], torch.from_numpy(np.load(tmp_path / "s.npy")))
-    assert sample("--checkpoint", str(toy_ckpt), "--n", "10", "--sampler", "ddim", "--steps", "5", "--eta", "0.5",
-                  "--out", str(out)) == 0
+    assert (
+        sample(
+            "--checkpoint",
+            str(toy_ckpt),
+            "--n",
+            "10",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "5",
+            "--eta",
+            "0.5",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     assert torch.load(out)["meta"] | {"checkpoint": None} == {
-        "checkpoint": None, "sampler": "ddim", "steps": 5, "eta": 0.5, "var_type": None, "guidance": 0.0, "seed": 0,
-        "n": 10}
+        "checkpoint": None,
+        "sampler": "ddim",
+        "steps": 5,
+        "eta": 0.5,
+        "var_type": None,
+        "guidance": 0.0,
+        "seed": 0,
+        "n": 10,
+    }
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--out", "samples.jpg"], "--out must end in .png (a picture), .npy"),
-    (["--n", "0"], "--n must be at least 1"),
-    (["--eta", "-0.5"], "--eta must be >= 0"),
-    (["--sampler", "ddim", "--steps", "0"], "--steps must be in 1..50"),
-    (["--sampler", "ddim", "--steps", "51"], "--steps must be in 1..50"),
-    (["--labels", "0"], "--labels needs a class-conditional model"),
-    (["--guidance", "1"], "--guidance needs a class-conditional model"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--out", "samples.jpg"], "--out must end in .png (a picture), .npy"),
+        (["--n", "0"], "--n must be at least 1"),
+        (["--eta", "-0.5"], "--eta must be >= 0"),
+        (["--sampler", "ddim", "--steps", "0"], "--steps must be in 1..50"),
+        (["--sampler", "ddim", "--steps", "51"], "--steps must be in 1..50"),
+        (["--labels", "0"], "--labels needs a class-conditional model"),
+        (["--guidance", "1"], "--guidance needs a class-conditional model"),
+    ],
+)
 def test_sample_refuses_bad_flags_and_writes_nothing(toy_ckpt, tmp_path, flags, message):
     with pytest.raises(SystemExit, match=re.escape(message)):
         sample("--checkpoint", str(toy_ckpt), "--out", str(tmp_path / "s.npy"), *flags)
@@ -147,9 +252,11 @@ def test_sample_labels_and_guidance_of_a_conditional_unet(cond_unet_ckpt, tmp_pa
     other = draw("c.pt", "--n", "12", "--seed", "6", "--labels", "uniform")
     assert not torch.equal(other["labels"], a["labels"])
 
-    for flags, message in ((["--labels", "10"], "--labels must be a class 0..9 or 'uniform', got '10'"),
-                           (["--labels", "all"], "--labels must be a class 0..9 or 'uniform', got 'all'"),
-                           (["--guidance", "-1"], "--guidance must be a finite number >= 0")):
+    for flags, message in (
+        (["--labels", "10"], "--labels must be a class 0..9 or 'uniform', got '10'"),
+        (["--labels", "all"], "--labels must be a class 0..9 or 'uniform', got 'all'"),
+        (["--guidance", "-1"], "--guidance must be a finite number >= 0"),
+    ):
         with pytest.raises(SystemExit, match=re.escape(message)):
             draw("refused.pt", "--n", "2", *flags)
     assert not (tmp_path / "refused.pt").exists()
@@ -158,9 +265,23 @@ def test_sample_labels_and_guidance_of_a_conditional_unet(cond_unet_ckpt, tmp_pa
 def test_sample_png_of_images_is_the_grid_of_the_samples(cond_unet_ckpt, tmp_path):
     from PIL import Image
     from torchvision.utils import make_grid
+
     for name in ("s.png", "s.pt"):
-        assert sample("--checkpoint", str(cond_unet_ckpt), "--steps", "2", "--n", "4", "--labels", "5",
-                      "--out", str(tmp_path / name)) == 0
+        assert (
+            sample(
+                "--checkpoint",
+                str(cond_unet_ckpt),
+                "--steps",
+                "2",
+                "--n",
+                "4",
+                "--labels",
+                "5",
+                "--out",
+                str(tmp_path / name),
+            )
+            == 0
+        )
     png = torch.tensor(np.array(Image.open(tmp_path / "s.png").convert("L")), dtype=torch.float32)
     grid = make_grid((torch.load(tmp_path / "s.pt")["samples"].clamp(-1, 1) + 1) / 2, nrow=2)[0]  # 2 x 2 digits
     assert png.shape == grid.shape == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)

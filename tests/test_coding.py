@@ -1,4 +1,5 @@
 """Rate and distortion of progressive coding against closed forms (Gaussian data, exact model)."""
+
 import math
 
 import pytest
@@ -31,7 +32,7 @@ def test_gaussian_data_distortion_and_kl_closed_forms(gen):
     assert torch.allclose(rd["mse"].mean(0), v, rtol=5 * math.sqrt(2 / n))
     c = sched.beta * sched.alpha_bar_prev.sqrt() / (1 - a)
     bt = sched.beta * (1 - sched.alpha_bar_prev) / (1 - a)
-    expected_kl = (c ** 2 * v / (2 * bt))[1:] / math.log(2)
+    expected_kl = (c**2 * v / (2 * bt))[1:] / math.log(2)
     assert torch.allclose(rd["kl"].mean(0)[1:], expected_kl, rtol=5 * math.sqrt(2 / n))
     assert (rd["kl"][:, 0] == 0).all()
     # prior: KL(N(sqrt(a_T) x0, 1 - a_T) || N(0, 1)) per example, in bits
@@ -84,7 +85,7 @@ def test_mixture_distortion_is_the_posterior_spread_and_decreases(gen):
     # posterior covariance by Monte Carlo at one x_t: sample the joint, keep x_0 whose x_t falls near it
     a = float(sched.alpha_bar[40])
     big = mix.sample(400_000, gen)
-    xt = a ** 0.5 * big + (1 - a) ** 0.5 * torch.randn(big.shape, generator=gen, dtype=torch.float64)
+    xt = a**0.5 * big + (1 - a) ** 0.5 * torch.randn(big.shape, generator=gen, dtype=torch.float64)
     point = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
     near = (xt - point).norm(dim=1) < 0.05
     mean, cov = mixtures.mixture_posterior_x0_cov(mix, point, a)
@@ -96,7 +97,7 @@ def test_mixture_distortion_is_the_posterior_spread_and_decreases(gen):
     for i in (5, 30, 60, 99):
         ab = float(sched.alpha_bar[i])
         # fresh x_t ~ q(x_t | x_0) have the same law as the sender's trajectory at step i
-        x_t = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+        x_t = ab**0.5 * x0 + (1 - ab) ** 0.5 * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
         _, cov = mixtures.mixture_posterior_x0_cov(mix, x_t, ab)
         expected = cov.diagonal(dim1=1, dim2=2).mean(1).mean()
         assert abs(rd["mse"][:, i].mean() - expected) < 0.08 * expected + 1e-3
@@ -137,7 +138,7 @@ def test_l0_is_the_discretised_gaussian_likelihood_by_numerical_integration(gen)
 
 def test_discrete_decoder_and_images(gen):
     sched = Schedule.linear(20, 1e-3, 0.3)
-    x0 = (torch.randint(0, 256, (4, 1, 3, 3), generator=gen).double() / 127.5 - 1)
+    x0 = torch.randint(0, 256, (4, 1, 3, 3), generator=gen).double() / 127.5 - 1
     model = lambda x, t: torch.zeros_like(x)  # noqa: E731
     rd = coding.rate_distortion(model, sched, x0, gen, discrete_decoder=True)
     assert rd["l0"].shape == (4,) and (rd["l0"] > 0).all() and rd["dims"] == 9
@@ -157,7 +158,7 @@ def test_finishing_copies_of_x_t_shares_more_when_t_is_small(gen):
     for t_start in (10, 50, 99):
         ab = float(sched.alpha_bar[t_start])
         x0 = mix.sample(1, gen).expand(500, 2)
-        x_t = ab ** 0.5 * x0[:1] + (1 - ab) ** 0.5 * torch.randn(1, 2, generator=gen, dtype=torch.float64)
+        x_t = ab**0.5 * x0[:1] + (1 - ab) ** 0.5 * torch.randn(1, 2, generator=gen, dtype=torch.float64)
         out = ddpm_sample(model, sched, (500, 2), x_T=x_t.expand(500, 2).clone(), t_start=t_start, generator=gen)
         spread.append(out.var(0).sum().sqrt().item())
     assert spread[0] < spread[1] < spread[2]

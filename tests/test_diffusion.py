@@ -30,12 +30,12 @@ def test_closed_form_matches_iterated_chain(gen):
 
 def _bayes_posterior(beta_t, ab_prev, x0, x_t):
     """q(x_{t-1} | x_t, x_0) by conditioning the joint Gaussian of (x_{t-1}, x_t) given x_0 (float64)."""
-    m1 = math.sqrt(ab_prev) * x0                     # mean of x_{t-1}
-    v1 = 1 - ab_prev                                 # variance of x_{t-1}
+    m1 = math.sqrt(ab_prev) * x0  # mean of x_{t-1}
+    v1 = 1 - ab_prev  # variance of x_{t-1}
     a = math.sqrt(1 - beta_t)
-    m2 = a * m1                                      # mean of x_t
-    v2 = a * a * v1 + beta_t                         # variance of x_t
-    c12 = a * v1                                     # covariance of x_{t-1} and x_t
+    m2 = a * m1  # mean of x_t
+    v2 = a * a * v1 + beta_t  # variance of x_t
+    c12 = a * v1  # covariance of x_{t-1} and x_t
     mean = m1 + c12 / v2 * (x_t - m2)
     var = v1 - c12 * c12 / v2
     return mean, var
@@ -133,8 +133,12 @@ def test_denoiser_answers_the_closed_forms(param, gen):
     out = net(x_t, t)
     ab = sched.alpha_bar[t][:, None]
     # the conversions written out (Salimans & Ho 2022, sec. 4; Luo 2022, eq. 151), not via to_x0_eps
-    eps = {"eps": out, "x0": (x_t - ab.sqrt() * out) / (1 - ab).sqrt(),
-           "v": (1 - ab).sqrt() * x_t + ab.sqrt() * out, "score": -(1 - ab).sqrt() * out}[param]
+    eps = {
+        "eps": out,
+        "x0": (x_t - ab.sqrt() * out) / (1 - ab).sqrt(),
+        "v": (1 - ab).sqrt() * x_t + ab.sqrt() * out,
+        "score": -(1 - ab).sqrt() * out,
+    }[param]
     x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
     torch.testing.assert_close(den.eps_hat(x_t, t), eps)
     torch.testing.assert_close(den(x_t, t), eps)

@@ -1,5 +1,6 @@
 """The closed-form bound for Gaussian data against independent computations (Bayes' rule on a grid,
 quadrature, sampling the model's chain, the library's own KL pieces by Monte Carlo)."""
+
 import math
 
 import numpy as np
@@ -16,8 +17,9 @@ M, S = 0.5, 0.5
 
 
 def normal_logpdf(x, mean, var):
-    return torch.distributions.Normal(torch.as_tensor(mean, dtype=torch.float64),
-                                      torch.as_tensor(var, dtype=torch.float64).sqrt()).log_prob(x)
+    return torch.distributions.Normal(
+        torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(var, dtype=torch.float64).sqrt()
+    ).log_prob(x)
 
 
 @pytest.mark.parametrize("step", [0, 3, 17])
@@ -26,11 +28,13 @@ def test_exact_reverse_matches_bayes_rule_on_a_grid(step):
     sched = Schedule.get("linear", 20)
     rev = elbo.exact_reverse(sched, M, S)
     ab_prev = 1.0 if step == 0 else float(sched.alpha_bar[step - 1])
-    mean_prev, var_prev = math.sqrt(ab_prev) * M, ab_prev * S ** 2 + 1 - ab_prev
+    mean_prev, var_prev = math.sqrt(ab_prev) * M, ab_prev * S**2 + 1 - ab_prev
     beta = float(sched.beta[step])
     grid = torch.linspace(-6, 6, 200001, dtype=torch.float64)
     for x_t in (-1.3, 0.2, 2.0):
-        logw = normal_logpdf(grid, mean_prev, var_prev) + normal_logpdf(torch.tensor(x_t), math.sqrt(1 - beta) * grid, beta)
+        logw = normal_logpdf(grid, mean_prev, var_prev) + normal_logpdf(
+            torch.tensor(x_t), math.sqrt(1 - beta) * grid, beta
+        )
         w = torch.softmax(logw, 0)
         mean = (w * grid).sum()
         var = (w * (grid - mean) ** 2).sum()
@@ -60,11 +64,11 @@ def test_optimal_model_bound_is_log_likelihood_minus_prior_mismatch():
     x0 = torch.linspace(-1.5, 2.5, 9, dtype=torch.float64)
     terms = elbo.gaussian_elbo_terms(sched, elbo.exact_reverse(sched, M, S), x0)
     ab = sched.alpha_bar[-1]
-    mu_T, v_T = ab.sqrt() * M, ab * S ** 2 + 1 - ab
+    mu_T, v_T = ab.sqrt() * M, ab * S**2 + 1 - ab
     m_c, v_c = ab.sqrt() * x0, 1 - ab  # q(x_T | x0)
     e_log_qT = -0.5 * (math.log(2 * math.pi) + v_T.log() + ((m_c - mu_T) ** 2 + v_c) / v_T)
-    e_log_prior = -0.5 * (math.log(2 * math.pi) + m_c ** 2 + v_c)
-    expected = normal_logpdf(x0, M, S ** 2) - (e_log_qT - e_log_prior)
+    e_log_prior = -0.5 * (math.log(2 * math.pi) + m_c**2 + v_c)
+    expected = normal_logpdf(x0, M, S**2) - (e_log_qT - e_log_prior)
     assert torch.allclose(terms["elbo"], expected, atol=1e-9)
 
 
@@ -72,11 +76,16 @@ def test_optimal_model_bound_is_log_likelihood_minus_prior_mismatch():
 def test_bound_is_below_the_models_exact_log_likelihood(T):
     sched = Schedule.get("linear", T)
     g = torch.Generator().manual_seed(T)
-    revs = [elbo.exact_reverse(sched, M, S), elbo.ddpm_reverse(sched, M, S, "fixed_small"),
-            elbo.ddpm_reverse(sched, M, S, "fixed_large"),
-            {"A": torch.rand(T, generator=g, dtype=torch.float64) + 0.5,
-             "B": torch.randn(T, generator=g, dtype=torch.float64),
-             "C": torch.rand(T, generator=g, dtype=torch.float64) + 0.1}]
+    revs = [
+        elbo.exact_reverse(sched, M, S),
+        elbo.ddpm_reverse(sched, M, S, "fixed_small"),
+        elbo.ddpm_reverse(sched, M, S, "fixed_large"),
+        {
+            "A": torch.rand(T, generator=g, dtype=torch.float64) + 0.5,
+            "B": torch.randn(T, generator=g, dtype=torch.float64),
+            "C": torch.rand(T, generator=g, dtype=torch.float64) + 0.1,
+        },
+    ]
     x0 = torch.linspace(-3, 3, 13, dtype=torch.float64)
     for rev in revs:
         mean, var = elbo.model_marginal(sched, rev)
@@ -136,13 +145,20 @@ def test_prior_kl_and_log_likelihood_match_torch_distributions():
     q = torch.distributions.Normal(ab.sqrt() * x0, (1 - ab).sqrt())
     p = torch.distributions.Normal(torch.zeros(5, dtype=torch.float64), torch.ones(5, dtype=torch.float64))
     assert torch.allclose(elbo.prior_kl(sched, x0), torch.distributions.kl_divergence(q, p), atol=1e-12)
-    assert torch.allclose(elbo.prior_kl(sched, x0),
-                          normal_kl(ab.sqrt() * x0, (1 - ab).log(), torch.zeros(5, dtype=torch.float64),
-                                    torch.zeros(5, dtype=torch.float64)), atol=1e-12)
+    assert torch.allclose(
+        elbo.prior_kl(sched, x0),
+        normal_kl(
+            ab.sqrt() * x0, (1 - ab).log(), torch.zeros(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+        ),
+        atol=1e-12,
+    )
     lv = torch.tensor(-0.7, dtype=torch.float64)
-    assert torch.allclose(elbo.gaussian_log_likelihood(x0, 0.3, lv),
-                          torch.distributions.Normal(0.3, (0.5 * lv).exp()).log_prob(x0), atol=1e-12)
-    assert torch.allclose(elbo.exact_log_likelihood(x0, M, S), normal_logpdf(x0, M, S ** 2), atol=1e-12)
+    assert torch.allclose(
+        elbo.gaussian_log_likelihood(x0, 0.3, lv),
+        torch.distributions.Normal(0.3, (0.5 * lv).exp()).log_prob(x0),
+        atol=1e-12,
+    )
+    assert torch.allclose(elbo.exact_log_likelihood(x0, M, S), normal_logpdf(x0, M, S**2), atol=1e-12)
 
 
 def test_stratified_subset_gives_nan_elsewhere_and_works_in_2d():
@@ -187,9 +203,11 @@ def test_gap_limits_of_the_fixed_variances():
     # fixed_small's -> that plus gamma/2 (first steps: beta_tilde_t ~ beta (t-1)/t), gamma = Euler's constant.
     sched = elbo.vp_linear_schedule(50_000)
     ex = elbo.exact_reverse(sched, M, S)
-    entropy = -0.5 * math.log(2 * math.pi * math.e * S ** 2)
-    gaps = {v: entropy - elbo.expected_gaussian_elbo_terms(sched, elbo.ddpm_reverse(sched, M, S, v), M, S)["elbo"]
-            for v in ("fixed_small", "fixed_large")}
+    entropy = -0.5 * math.log(2 * math.pi * math.e * S**2)
+    gaps = {
+        v: entropy - elbo.expected_gaussian_elbo_terms(sched, elbo.ddpm_reverse(sched, M, S, v), M, S)["elbo"]
+        for v in ("fixed_small", "fixed_large")
+    }
     half_decoder = (1 - math.log(2)) / 2
     assert abs(gaps["fixed_large"] - half_decoder) < 0.005
     assert abs(gaps["fixed_small"] - half_decoder - 0.5772156649 / 2) < 0.015

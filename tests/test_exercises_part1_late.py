@@ -1,12 +1,19 @@
 """The self-checks of Part I, chapters 5-7, accept the library's answers and reject wrong ones by name."""
+
 import math
 
 import pytest
 import torch
 
 from ddpm_tutor.exercises import CheckFailed
-from ddpm_tutor.exercises.part1_late import (check_cosine_alpha_bar, check_ddim_step, check_to_x0,
-                                             cosine_alpha_bar_reference, ddim_step_reference, to_x0_reference)
+from ddpm_tutor.exercises.part1_late import (
+    check_cosine_alpha_bar,
+    check_ddim_step,
+    check_to_x0,
+    cosine_alpha_bar_reference,
+    ddim_step_reference,
+    to_x0_reference,
+)
 
 
 # --- to_x0 --------------------------------------------------------------------------------------
@@ -26,6 +33,7 @@ def test_to_x0_accepts_a_right_solution_and_rejects_a_slightly_wrong_one(capsys)
     def off_by_a_little(sched, x_t, t, out, p):  # negative control: no known mistake, 0.1% off for score only
         x0 = _to_x0_by_hand(sched, x_t, t, out, p)
         return x0 * 1.001 if p == "score" else x0
+
     with pytest.raises(CheckFailed, match=r"'score' parameterisation"):
         check_to_x0(off_by_a_little)
 
@@ -33,6 +41,7 @@ def test_to_x0_accepts_a_right_solution_and_rejects_a_slightly_wrong_one(capsys)
 def test_to_x0_stub_is_not_attempted(capsys):
     def stub(*args):
         raise NotImplementedError
+
     assert check_to_x0(stub) is None
     assert "not attempted" in capsys.readouterr().out
 
@@ -43,6 +52,7 @@ def test_to_x0_names_the_wrong_parameterisation():
             ab = sched.at("alpha_bar", t, x_t)
             return ab.sqrt() * x_t + (1 - ab).sqrt() * out
         return to_x0_reference(sched, x_t, t, out, p)
+
     with pytest.raises(CheckFailed, match=r"'v' parameterisation.*sign"):
         check_to_x0(wrong_v)
 
@@ -53,6 +63,7 @@ def test_to_x0_recognises_alpha_for_alpha_bar():
         if p == "eps":
             return (x_t - (1 - a).sqrt() * out) / a.sqrt()
         return to_x0_reference(sched, x_t, t, out, p)
+
     with pytest.raises(CheckFailed, match=r"'eps' parameterisation.*alpha_t = 1 - beta_t"):
         check_to_x0(uses_alpha)
 
@@ -60,6 +71,7 @@ def test_to_x0_recognises_alpha_for_alpha_bar():
 def test_to_x0_reports_crash():
     def crashes(sched, x_t, t, out, p):
         return x_t @ torch.ones(3)
+
     with pytest.raises(CheckFailed, match="raised RuntimeError"):
         check_to_x0(crashes)
 
@@ -90,6 +102,7 @@ def test_cosine_recognises_missing_normalisation():
     def unnormalised(T, s):
         t = torch.arange(1, T + 1, dtype=torch.float64)
         return torch.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+
     with pytest.raises(CheckFailed, match="divide by f\\(0\\)"):
         check_cosine_alpha_bar(unnormalised)
 
@@ -104,7 +117,7 @@ def _ddim_by_hand(x_t, eps_hat, a_t, a_prev, eta=0.0, noise=None):
     """Song et al. 2021, eq. 12 and 16, written out."""
     x0 = (x_t - math.sqrt(1 - a_t) * eps_hat) / math.sqrt(a_t)
     sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-    out = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - sigma ** 2) * eps_hat
+    out = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - sigma**2) * eps_hat
     return out + sigma * noise if eta > 0 else out
 
 
@@ -113,7 +126,8 @@ def test_ddim_accepts_a_right_solution_and_rejects_a_slightly_wrong_one(capsys):
     assert "not attempted" not in capsys.readouterr().out
 
     def eta_squared(x_t, eps_hat, a_t, a_prev, eta=0.0, noise=None):  # negative control: right for eta 0 and 1 only
-        return _ddim_by_hand(x_t, eps_hat, a_t, a_prev, eta ** 2, noise)
+        return _ddim_by_hand(x_t, eps_hat, a_t, a_prev, eta**2, noise)
+
     with pytest.raises(CheckFailed, match=r"eta=0\.5"):
         check_ddim_step(eta_squared)
 
@@ -130,6 +144,7 @@ def test_ddim_reference_matches_the_sampler_formula():
 def test_ddim_stub_is_not_attempted(capsys):
     def stub(x_t, eps_hat, a_t, a_prev, eta=0.0, noise=None):
         raise NotImplementedError
+
     assert check_ddim_step(stub) is None
     assert "not attempted" in capsys.readouterr().out
 
@@ -140,6 +155,7 @@ def test_ddim_names_missing_sigma_in_direction():
         sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
         out = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps_hat
         return out + sigma * noise if eta > 0 else out
+
     with pytest.raises(CheckFailed, match=r"eta=1\.0.*sigma\^2 out of the direction term"):
         check_ddim_step(no_sigma_in_direction)
 
@@ -147,5 +163,6 @@ def test_ddim_names_missing_sigma_in_direction():
 def test_ddim_names_deterministic_mistake():
     def returns_x0(x_t, eps_hat, a_t, a_prev, eta=0.0, noise=None):
         return (x_t - math.sqrt(1 - a_t) * eps_hat) / math.sqrt(a_t)
+
     with pytest.raises(CheckFailed, match=r"eta=0, from t=501 to t=481.*x0_hat instead of x_prev"):
         check_ddim_step(returns_x0)

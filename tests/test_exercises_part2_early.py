@@ -1,5 +1,6 @@
 """The Part II (chapters 1-3) checkers accept the library's answers, reject wrong ones, and treat an
 unwritten exercise as not attempted."""
+
 import math
 
 import pytest
@@ -10,11 +11,11 @@ from ddpm_tutor.exercises import part2_early as ex
 
 
 def prior_kl_right(ab, x0):
-    return 0.5 * (ab * x0 ** 2 + (1 - ab) - 1 - math.log(1 - ab))
+    return 0.5 * (ab * x0**2 + (1 - ab) - 1 - math.log(1 - ab))
 
 
 def prior_kl_wrong(ab, x0):  # forgets the log term
-    return 0.5 * (ab * x0 ** 2 - ab)
+    return 0.5 * (ab * x0**2 - ab)
 
 
 def tweedie_right(x_t, a, score):
@@ -37,11 +38,14 @@ def not_written(*args):
     raise NotImplementedError
 
 
-@pytest.mark.parametrize("check,right,wrong", [
-    (ex.check_prior_kl, prior_kl_right, prior_kl_wrong),
-    (ex.check_tweedie, tweedie_right, tweedie_wrong),
-    (ex.check_langevin_update, langevin_right, langevin_wrong),
-])
+@pytest.mark.parametrize(
+    "check,right,wrong",
+    [
+        (ex.check_prior_kl, prior_kl_right, prior_kl_wrong),
+        (ex.check_tweedie, tweedie_right, tweedie_wrong),
+        (ex.check_langevin_update, langevin_right, langevin_wrong),
+    ],
+)
 def test_checkers(check, right, wrong, capsys):
     assert "correct" in check(right)
     with pytest.raises(CheckFailed):

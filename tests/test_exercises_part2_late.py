@@ -1,5 +1,6 @@
 """The Part II (chapters 4-5) self-checks accept right answers, reject wrong ones with a useful message,
 and treat a stub that raises NotImplementedError as not attempted yet."""
+
 import pytest
 import torch
 
@@ -13,8 +14,9 @@ def _stub(*args):
     raise NotImplementedError
 
 
-@pytest.mark.parametrize("check", [E.check_cfg_eps, E.check_classifier_guidance_eps, E.check_cumulative_rate,
-                                   E.check_posterior_std])
+@pytest.mark.parametrize(
+    "check", [E.check_cfg_eps, E.check_classifier_guidance_eps, E.check_cumulative_rate, E.check_posterior_std]
+)
 def test_stub_is_not_attempted(check, capsys):
     assert check(_stub) is None
     assert "not attempted" in capsys.readouterr().out
@@ -33,6 +35,7 @@ def test_cfg_eps():
 
 def test_cfg_eps_agrees_with_the_library():
     from ddpm_tutor.guidance import cfg_model
+
     model = lambda x, t, y: torch.where(y[:, None] == 3, -x, 2 * x)  # noqa: E731
     x = torch.randn(4, 2)
     got = cfg_model(model, 0, 1.5, 3)(x, torch.zeros(4, dtype=torch.long))
@@ -56,10 +59,12 @@ def test_cumulative_rate_agrees_with_coding():
     # the reference is what coding.rate_distortion reports
     from ddpm_tutor.data.mixtures import GaussianMixture
     from ddpm_tutor.schedules import Schedule
+
     sched = Schedule.linear(20, 1e-3, 0.2)
     mix = GaussianMixture.ring(k=3, radius=1.0, std=0.2)
-    rd = coding.rate_distortion(mix.eps_model(sched), sched, mix.sample(10, torch.Generator().manual_seed(0)),
-                                torch.Generator().manual_seed(1))
+    rd = coding.rate_distortion(
+        mix.eps_model(sched), sched, mix.sample(10, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1)
+    )
     assert torch.allclose(E.cumulative_rate_reference(rd["prior"], rd["kl"]), rd["rate_per_example"])
 
 

@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import torch
 
 from ddpm_tutor.exercises import CheckFailed
 from ddpm_tutor.exercises import part3 as ex
@@ -11,12 +10,15 @@ def stub(*args):
     raise NotImplementedError
 
 
-@pytest.mark.parametrize("check,reference", [
-    (ex.check_resblock_params, ex.resblock_params_reference),
-    (ex.check_ddim_step, ex.ddim_step_reference),
-    (ex.check_prior_bpd, ex.prior_bpd_reference),
-    (ex.check_guided_eps, ex.guided_eps_reference),
-])
+@pytest.mark.parametrize(
+    "check,reference",
+    [
+        (ex.check_resblock_params, ex.resblock_params_reference),
+        (ex.check_ddim_step, ex.ddim_step_reference),
+        (ex.check_prior_bpd, ex.prior_bpd_reference),
+        (ex.check_guided_eps, ex.guided_eps_reference),
+    ],
+)
 def test_reference_passes_and_stub_is_not_attempted(check, reference, capsys):
     assert check(reference)
     assert check(stub) is None
@@ -26,6 +28,7 @@ def test_reference_passes_and_stub_is_not_attempted(check, reference, capsys):
 def test_resblock_closed_form_and_mistakes():
     def count(i, o, e):  # two GroupNorms, two 3x3 convs, the time projection, the 1x1 shortcut
         return 2 * i + 2 * o + (9 * i * o + o) + (9 * o * o + o) + (e * o + o) + (i * o + o if i != o else 0)
+
     assert ex.check_resblock_params(count)
     with pytest.raises(CheckFailed, match="shortcut"):
         ex.check_resblock_params(lambda i, o, e: count(i, o, e) - (i * o + o if i != o else 0))

@@ -3,6 +3,7 @@
 The references here are independent of the code under test: log-densities of the diffused mixtures
 (GaussianMixture.log_prob) differentiated by central finite differences, and Bayes' rule written out.
 """
+
 import functools
 import math
 
@@ -27,8 +28,14 @@ def _triangle(std=0.55):
 def _grouped():
     """Four components, two classes (0, 1, 0, 1): classes with two modes each, unequal covariances."""
     means = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
-    covs = torch.stack([torch.tensor([[0.2, 0.05], [0.05, 0.1]]), 0.15 * torch.eye(2),
-                        torch.tensor([[0.1, -0.03], [-0.03, 0.25]]), 0.3 * torch.eye(2)]).double()
+    covs = torch.stack(
+        [
+            torch.tensor([[0.2, 0.05], [0.05, 0.1]]),
+            0.15 * torch.eye(2),
+            torch.tensor([[0.1, -0.03], [-0.03, 0.25]]),
+            0.3 * torch.eye(2),
+        ]
+    ).double()
     return GaussianMixture(torch.tensor([1.0, 1.0, 2.0, 1.0]), means, covs), torch.tensor([0, 1, 0, 1])
 
 
@@ -62,9 +69,9 @@ def test_class_posterior_and_its_gradient(case, gen):
     logits = M.exact_classifier(mix, sched, classes)(x, t)
     for i in range(0, 64, 7):
         a = float(sched.alpha_bar[t[i]])
-        ref = torch.stack([_log_class_prob(mix, classes, a, x[i:i + 1], torch.tensor([k])) for k in range(C)], 1)
-        assert torch.allclose(logits[i:i + 1], ref, atol=1e-10)
-        assert torch.allclose(M.mixture_class_posterior(mix, x[i:i + 1], a, classes), ref.exp(), atol=1e-10)
+        ref = torch.stack([_log_class_prob(mix, classes, a, x[i : i + 1], torch.tensor([k])) for k in range(C)], 1)
+        assert torch.allclose(logits[i : i + 1], ref, atol=1e-10)
+        assert torch.allclose(M.mixture_class_posterior(mix, x[i : i + 1], a, classes), ref.exp(), atol=1e-10)
     # gradient: autograd through the classifier = closed form = finite differences of log p(y | x_t)
     a = float(sched.alpha_bar[300])
     t300 = torch.full((64,), 300)
@@ -99,11 +106,13 @@ def test_cfg_and_classifier_guidance_equal_the_tilted_score(case, w, gen):
         ref = -sd * _fd_grad(log_tilted, x)
         cond_model = M.exact_conditional_eps_model(mix, sched, classes)
         cfg = G.cfg_model(cond_model, y, w, null_label=C)(x, t)
-        cg = G.classifier_guided_model(mix.eps_model(sched), M.exact_classifier(mix, sched, classes), y, 1 + w,
-                                       sched)(x, t)
+        cg = G.classifier_guided_model(mix.eps_model(sched), M.exact_classifier(mix, sched, classes), y, 1 + w, sched)(
+            x, t
+        )
         # classifier guidance of the *conditional* model with scale w is the same tilt
-        cg_cond = G.classifier_guided_model(functools.partial(cond_model, y=y),
-                                            M.exact_classifier(mix, sched, classes), y, w, sched)(x, t)
+        cg_cond = G.classifier_guided_model(
+            functools.partial(cond_model, y=y), M.exact_classifier(mix, sched, classes), y, w, sched
+        )(x, t)
         tilted = -sd * M.tilted_score(mix, x, a, y, 1 + w, classes)
         assert torch.allclose(ref, tilted, atol=1e-5 * (1 + w))
         for got in (cfg, cg, cg_cond):
@@ -122,9 +131,12 @@ def test_cfg_endpoints_and_batching(gen):
         assert torch.allclose(G.cfg_model(net, y, -1.0, 3)(x, t), unc, atol=1e-6)
         assert torch.allclose(G.cfg_model(net, y, 2.5, 3)(x, t), 3.5 * cond - 2.5 * unc, atol=1e-5)
         # one label for the whole batch, and a scalar t
-        assert torch.allclose(G.cfg_model(net, 1, 2.0, 3)(x, torch.tensor(5)),
-                              3 * net(x, torch.full((16,), 5), torch.ones(16, dtype=torch.long))
-                              - 2 * net(x, torch.full((16,), 5), torch.full((16,), 3)), atol=1e-5)
+        assert torch.allclose(
+            G.cfg_model(net, 1, 2.0, 3)(x, torch.tensor(5)),
+            3 * net(x, torch.full((16,), 5), torch.ones(16, dtype=torch.long))
+            - 2 * net(x, torch.full((16,), 5), torch.full((16,), 3)),
+            atol=1e-5,
+        )
 
 
 def test_cfg_of_a_denoiser_uses_its_null_label_and_parameterization(gen):
@@ -176,8 +188,14 @@ def test_guided_sampling_sharpens_classes(gen):
         x = ddim_sample(G.cfg_model(cond, y, w, 3), sched, (n, 2), steps=50, generator=g, dtype=torch.float64)
         stats[w] = G.guidance_metrics(mix, x, y)
     # w = 0: the fraction of class-y samples that the Bayes classifier assigns to y is the Bayes accuracy
-    per_class = [M.mixture_class_posterior(mix, M.class_mixture(mix, k).sample(50_000, torch.Generator()
-                 .manual_seed(k)), 1.0)[:, k].mean().item() for k in range(3)]
+    per_class = [
+        M.mixture_class_posterior(mix, M.class_mixture(mix, k).sample(50_000, torch.Generator().manual_seed(k)), 1.0)[
+            :, k
+        ]
+        .mean()
+        .item()
+        for k in range(3)
+    ]
     conf_w0 = sum(per_class) / 3  # y is balanced in the test, so the reference averages the classes equally
     assert abs(stats[0.0]["confidence"] - conf_w0) < 4 * 0.3 / math.sqrt(n)
     assert 0.5 < conf_w0 < 0.95
@@ -249,9 +267,11 @@ def test_bad_inputs_are_refused():
         G.cfg_model(None, 0, float("nan"), 3)
     with pytest.raises(ValueError, match="labels must lie"):
         G.classifier_guided_model(mix.eps_model(sched), M.exact_classifier(mix, sched), 5, 1.0, sched)(
-            torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2, dtype=torch.long))
+            torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2, dtype=torch.long)
+        )
     with pytest.raises(ValueError, match="null label"):
-        M.exact_conditional_eps_model(mix, sched)(torch.zeros(2, 2), torch.zeros(2, dtype=torch.long),
-                                                   torch.tensor([0, 7]))
+        M.exact_conditional_eps_model(mix, sched)(
+            torch.zeros(2, 2), torch.zeros(2, dtype=torch.long), torch.tensor([0, 7])
+        )
     with pytest.raises(ValueError, match="at least 2"):
         NoisyClassifier(num_classes=1)

@@ -2,6 +2,7 @@
 
 No test touches the network: torchvision is always called with download=False or replaced.
 """
+
 import struct
 
 import numpy as np
@@ -9,10 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_tutor.data import images
 from ddpm_tutor.checks import image_range
-from ddpm_tutor.data.images import (DatasetUnavailableError, cifar10_transform, from_model_range, load_cifar10,
-                                    load_mnist, to_model_range)
+from ddpm_tutor.data import images
+from ddpm_tutor.data.images import (
+    DatasetUnavailableError,
+    cifar10_transform,
+    from_model_range,
+    load_cifar10,
+    load_mnist,
+    to_model_range,
+)
 
 
 def _write_idx(path, array: np.ndarray) -> None:

@@ -1,12 +1,19 @@
 """Langevin and annealed Langevin dynamics driven by exact scores reproduce the target distributions."""
+
 import math
 
 import pytest
 import torch
 
 from ddpm_tutor.data import GaussianMixture
-from ddpm_tutor.langevin import (LangevinState, annealed_langevin, geometric_sigmas, langevin_steps,
-                                 langevin_update, smoothed_mixture)
+from ddpm_tutor.langevin import (
+    LangevinState,
+    annealed_langevin,
+    geometric_sigmas,
+    langevin_steps,
+    langevin_update,
+    smoothed_mixture,
+)
 
 
 def test_update_is_the_formula():
@@ -21,11 +28,11 @@ def test_1d_gaussian_mean_and_variance():
     mu, s, h, n = 1.0, 0.5, 0.01, 20_000
     g = torch.Generator().manual_seed(0)
     x0 = 3.0 * torch.randn(n, 1, generator=g, dtype=torch.float64)
-    x = langevin_steps(lambda x: -(x - mu) / s ** 2, x0, h, 600, g)
-    var_ula = s ** 2 / (1 - h / (4 * s ** 2))
+    x = langevin_steps(lambda x: -(x - mu) / s**2, x0, h, 600, g)
+    var_ula = s**2 / (1 - h / (4 * s**2))
     assert abs(x.mean() - mu) < 5 * math.sqrt(var_ula / n)
     assert abs(x.var() - var_ula) < 5 * var_ula * math.sqrt(2 / n)
-    assert abs(x.var() - s ** 2) < 5 * var_ula * math.sqrt(2 / n) + (var_ula - s ** 2) * 1.01
+    assert abs(x.var() - s**2) < 5 * var_ula * math.sqrt(2 / n) + (var_ula - s**2) * 1.01
 
 
 def test_2d_gaussian_mean_and_covariance():
@@ -72,11 +79,15 @@ def test_smoothed_mixture_is_the_convolution():
     n, sigma = 200_000, 1.5
     x = gm.sample(n, g) + sigma * torch.randn(n, 2, generator=g, dtype=torch.float64)
     sm = smoothed_mixture(gm, sigma)
-    assert torch.allclose(torch.cov(x.T), sm.covs.mul(sm.weights[:, None, None]).sum(0)
-                          + (sm.weights[:, None, None] * sm.means[:, :, None] * sm.means[:, None, :]).sum(0)
-                          - torch.outer(x.mean(0), x.mean(0)), atol=0.3)
+    assert torch.allclose(
+        torch.cov(x.T),
+        sm.covs.mul(sm.weights[:, None, None]).sum(0)
+        + (sm.weights[:, None, None] * sm.means[:, :, None] * sm.means[:, None, :]).sum(0)
+        - torch.outer(x.mean(0), x.mean(0)),
+        atol=0.3,
+    )
     # and the same as DDPM's diffused marginal after undoing its shrinking by sqrt(a): both add noise
-    a = 1 / (1 + sigma ** 2)
+    a = 1 / (1 + sigma**2)
     d = gm.diffused(a)
     y = torch.randn(5, 2, generator=g, dtype=torch.float64)
     # p_sigma(y) with y = x_t / sqrt(a): score_sigma(y) = sqrt(a) score_t(sqrt(a) y)
@@ -88,8 +99,11 @@ def test_intermediates_and_reproducibility():
     sigmas = [4.0, 2.0, 1.0]
     sm = [smoothed_mixture(gm, s) for s in sigmas]
     x0 = torch.zeros(10, 2, dtype=torch.float64)
-    states = list(annealed_langevin(lambda x, i: sm[i].score(x), x0, sigmas, 5, 0.1,
-                                    torch.Generator().manual_seed(3), yield_intermediates=True))
+    states = list(
+        annealed_langevin(
+            lambda x, i: sm[i].score(x), x0, sigmas, 5, 0.1, torch.Generator().manual_seed(3), yield_intermediates=True
+        )
+    )
     assert len(states) == 3 * 6 and all(isinstance(s, LangevinState) for s in states)
     assert states[0].step == 0 and states[-1].level == 2 and states[-1].sigma == 1.0
     final = annealed_langevin(lambda x, i: sm[i].score(x), x0, sigmas, 5, 0.1, torch.Generator().manual_seed(3))
@@ -99,7 +113,7 @@ def test_intermediates_and_reproducibility():
 
 def test_geometric_sigmas():
     s = geometric_sigmas(10.0, 0.1, 5)
-    assert torch.allclose(s, torch.tensor([10.0, 10 ** 0.5, 1.0, 10 ** -0.5, 0.1], dtype=torch.float64))
+    assert torch.allclose(s, torch.tensor([10.0, 10**0.5, 1.0, 10**-0.5, 0.1], dtype=torch.float64))
 
 
 def test_bad_input_is_refused():

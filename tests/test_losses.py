@@ -5,7 +5,6 @@ import torch
 
 from ddpm_tutor import losses as L
 from ddpm_tutor.bound import vlb_term
-from ddpm_tutor.data import GaussianMixture
 from ddpm_tutor.diffusion import q_sample
 from ddpm_tutor.schedules import Schedule
 
@@ -38,7 +37,7 @@ def test_prior_term_of_paper_schedule_is_about_1e_5_bits_per_dim():
     assert 1e-6 < bpd.mean().item() < 1e-4
     # closed form for one dimension: KL(N(sqrt(ab) x, 1-ab) || N(0, 1)) / ln 2
     ab = sched.alpha_bar[-1].item()
-    kl = 0.5 * (-math.log(1 - ab) + (1 - ab) + ab * (x0 ** 2).mean(1) - 1) / math.log(2)
+    kl = 0.5 * (-math.log(1 - ab) + (1 - ab) + ab * (x0**2).mean(1) - 1) / math.log(2)
     assert torch.allclose(bpd, kl, rtol=1e-6)
 
 
@@ -47,7 +46,7 @@ def test_normal_kl_against_monte_carlo(gen):
     x = m1 + s1 * torch.randn(400_000, generator=gen, dtype=torch.float64)
     log_ratio = (-0.5 * ((x - m1) / s1) ** 2 - math.log(s1)) - (-0.5 * ((x - m2) / s2) ** 2 - math.log(s2))
     kl = L.normal_kl(torch.tensor(m1), torch.tensor(2 * math.log(s1)), torch.tensor(m2), torch.tensor(2 * math.log(s2)))
-    assert kl.item() == pytest.approx(log_ratio.mean().item(), abs=5 * log_ratio.std().item() / 400_000 ** 0.5)
+    assert kl.item() == pytest.approx(log_ratio.mean().item(), abs=5 * log_ratio.std().item() / 400_000**0.5)
 
 
 def test_weightings_agree_with_their_definitions(gen):
@@ -59,6 +58,7 @@ def test_weightings_agree_with_their_definitions(gen):
     x_t = q_sample(sched, x0, t, eps)
     eps_err = L.mean_flat((eps - 0.9 * eps) ** 2)
     from ddpm_tutor.diffusion import x0_from_eps
+
     x0_err = L.mean_flat((x0 - x0_from_eps(sched, x_t, t, 0.9 * eps)) ** 2)
     simple = L.diffusion_loss(model, sched, x0, t=t, eps=eps, weighting="simple")
     x0w = L.diffusion_loss(model, sched, x0, t=t, eps=eps, weighting="x0")
@@ -82,10 +82,14 @@ def test_bits_per_dim_sum_and_monte_carlo(gen):
     full = L.bits_per_dim(model, sched, x0, generator=torch.Generator().manual_seed(0))
     assert full["n_terms"] == 100 and not torch.isnan(full["terms"]).any()
     assert torch.allclose(full["total"], full["prior"] + full["terms"].sum(1))
-    ests = torch.stack([L.bits_per_dim(model, sched, x0, n_terms=20, generator=torch.Generator().manual_seed(s))["total"]
-                        for s in range(30)])
+    ests = torch.stack(
+        [
+            L.bits_per_dim(model, sched, x0, n_terms=20, generator=torch.Generator().manual_seed(s))["total"]
+            for s in range(30)
+        ]
+    )
     # the estimator is unbiased: its mean over draws is near the exact sum (tolerance from its spread)
-    assert torch.allclose(ests.mean(0), full["total"], atol=(4 * ests.std(0) / 30 ** 0.5).max().item() + 1e-3)
+    assert torch.allclose(ests.mean(0), full["total"], atol=(4 * ests.std(0) / 30**0.5).max().item() + 1e-3)
     with pytest.raises(ValueError, match="must be an integer in 2..100"):
         L.bits_per_dim(model, sched, x0, n_terms=0)
 

@@ -44,7 +44,9 @@ def test_toy_draws_are_independent_samples(name):
     draw = lambda n, g: toy2d(name, n, g)
     g = torch.Generator().manual_seed(4)
     values = torch.tensor([energy_distance(draw(400, g), draw(400, g)) for _ in range(200)])
-    assert values.mean() == pytest.approx(energy_floor(draw, 400), rel=4 * float(values.std() / values.mean()) / 200 ** 0.5)
+    assert values.mean() == pytest.approx(
+        energy_floor(draw, 400), rel=4 * float(values.std() / values.mean()) / 200**0.5
+    )
 
 
 def test_averaging_over_sample_sets_brings_a_perfect_model_to_its_floor():
@@ -90,15 +92,18 @@ def test_toy2d_bad_input():
 
 
 def test_mixture_score_against_autograd_and_tweedie(gen):
-    gm = GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[0.0, 1.0], [1.0, -1.0]]),
-                         torch.stack([torch.tensor([[0.3, 0.1], [0.1, 0.2]]), 0.1 * torch.eye(2)]))
+    gm = GaussianMixture(
+        torch.tensor([0.3, 0.7]),
+        torch.tensor([[0.0, 1.0], [1.0, -1.0]]),
+        torch.stack([torch.tensor([[0.3, 0.1], [0.1, 0.2]]), 0.1 * torch.eye(2)]),
+    )
     x = torch.randn(50, 2, generator=gen, dtype=torch.float64).requires_grad_(True)
     (grad,) = torch.autograd.grad(gm.log_prob(x).sum(), x)
     assert torch.allclose(gm.score(x.detach()), grad, atol=1e-10)
     # Tweedie: E[x0 | x_t] = (x_t + (1 - a) score_t(x_t)) / sqrt(a), against Gaussian conditioning
     a = 0.4
     xt = x.detach()
-    tweedie = (xt + (1 - a) * gm.diffused(a).score(xt)) / a ** 0.5
+    tweedie = (xt + (1 - a) * gm.diffused(a).score(xt)) / a**0.5
     assert torch.allclose(gm.posterior_mean_x0(xt, a), tweedie, atol=1e-10)
     # the log density integrates to one on a grid
     g = torch.linspace(-4, 5, 400, dtype=torch.float64)

@@ -19,8 +19,15 @@ def _trainer(tmp_path):
     y = torch.randint(0, 10, (16,), generator=g)
     cfg = UNetConfig.mnist(**TINY)
     model = UNet(cfg)
-    tr = Trainer(model, Schedule.linear(50), x, TrainConfig(steps=2, batch_size=4, p_uncond=0.1), labels=y,
-                 device="cpu", model_spec={"kind": "unet", "config": cfg.to_dict()})
+    tr = Trainer(
+        model,
+        Schedule.linear(50),
+        x,
+        TrainConfig(steps=2, batch_size=4, p_uncond=0.1),
+        labels=y,
+        device="cpu",
+        model_spec={"kind": "unet", "config": cfg.to_dict()},
+    )
     tr.run(progress=False)
     return tr, tr.save(tmp_path / "train.pt")
 
@@ -58,9 +65,29 @@ def test_shipped_mnist_model_loads():
 
 def test_cli_train_mnist_two_steps(tmp_path):
     """`python -m ddpm_tutor train mnist` runs offline on a subset (--n-data) and writes a checkpoint."""
-    r = subprocess.run([sys.executable, "-m", "ddpm_tutor", "train", "mnist", "--conditional", "--steps", "2",
-                        "--batch-size", "4", "--n-data", "64", "--T", "50", "--quiet", "--out", str(tmp_path / "m")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ddpm_tutor",
+            "train",
+            "mnist",
+            "--conditional",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--n-data",
+            "64",
+            "--T",
+            "50",
+            "--quiet",
+            "--out",
+            str(tmp_path / "m"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     state = load_checkpoint(tmp_path / "m" / "checkpoint.pt")
     assert state["step"] == 2 and state["train_config"]["p_uncond"] == 0.1
@@ -71,6 +98,7 @@ def test_shipped_mnist_model_is_the_recipe_its_card_names():
     """The shipped file was made by `train mnist --conditional` with TRAIN_DEFAULTS["mnist"], ran all of its
     steps, and its model card states that step count."""
     from ddpm_tutor.cli import TRAIN_DEFAULTS
+
     _, _, meta = load_pretrained("mnist", device="cpu")
     recipe = TRAIN_DEFAULTS["mnist"]
     assert {k: meta["train_config"][k] for k in recipe} == recipe
@@ -84,10 +112,15 @@ def test_files_of_another_format_are_refused_by_every_loader(tmp_path):
     from ddpm_tutor.models import MLPDenoiser
     from ddpm_tutor.schedules import Schedule
     from ddpm_tutor.train import TrainConfig, Trainer, load_model
+
     path = save_checkpoint({"format": "someone_else/2", "ema": {}}, tmp_path / "other.pt")
-    for load in (lambda: load_model(path), lambda: export_weights(path, tmp_path / "out.pt"),
-                 lambda: Trainer(MLPDenoiser(), Schedule.linear(10), torch.zeros(4, 2), TrainConfig(steps=1),
-                                 device="cpu").load(path)):
+    for load in (
+        lambda: load_model(path),
+        lambda: export_weights(path, tmp_path / "out.pt"),
+        lambda: Trainer(MLPDenoiser(), Schedule.linear(10), torch.zeros(4, 2), TrainConfig(steps=1), device="cpu").load(
+            path
+        ),
+    ):
         with pytest.raises(ValueError, match=r"expected format 'ddpm_tutor/1', found 'someone_else/2'"):
             load()
     assert not (tmp_path / "out.pt").exists()  # nothing half-written in its place
@@ -96,6 +129,7 @@ def test_files_of_another_format_are_refused_by_every_loader(tmp_path):
 def test_shipped_digit_classifier_loads():
     from ddpm_tutor.checkpoint import CLASSIFIER_FORMAT
     from ddpm_tutor.classifier import load_digit_classifier
+
     assert CLASSIFIER_FORMAT == "ddpm_tutor/classifier/1"  # the tag of the shipped file: changing it orphans the file
     assert load_checkpoint(CHECKPOINT_DIR / "mnist_classifier.pt")["format"] == CLASSIFIER_FORMAT
     clf = load_digit_classifier()
@@ -108,17 +142,25 @@ def test_shipped_digit_classifier_loads():
 def test_classifier_and_diffusion_checkpoints_refuse_each_other():
     """checkpoint.check_format guards both formats: each loader names the format it expected and the one it found."""
     from ddpm_tutor.classifier import load_classifier
-    with pytest.raises(ValueError, match=r"not a ddpm_tutor digit classifier: expected format "
-                                         r"'ddpm_tutor/classifier/1', found 'ddpm_tutor/1'"):
+
+    with pytest.raises(
+        ValueError,
+        match=r"not a ddpm_tutor digit classifier: expected format "
+        r"'ddpm_tutor/classifier/1', found 'ddpm_tutor/1'",
+    ):
         load_classifier(CHECKPOINT_DIR / "mnist_unet.pt")
-    with pytest.raises(ValueError, match=r"not a ddpm_tutor checkpoint: expected format 'ddpm_tutor/1', "
-                                         r"found 'ddpm_tutor/classifier/1'"):
+    with pytest.raises(
+        ValueError,
+        match=r"not a ddpm_tutor checkpoint: expected format 'ddpm_tutor/1', "
+        r"found 'ddpm_tutor/classifier/1'",
+    ):
         load_model(CHECKPOINT_DIR / "mnist_classifier.pt")
 
 
 def test_sample_shape_and_model_come_from_the_spec():
     from ddpm_tutor.checkpoint import build_model, model_config, sample_shape
     from ddpm_tutor.models import MLPConfig, MLPDenoiser
+
     unet = {"kind": "unet", "config": UNetConfig.mnist(**TINY).to_dict()}
     assert sample_shape(unet) == (1, 28, 28) and model_config(unet).num_classes == 10
     assert isinstance(build_model(unet), UNet) and build_model(unet).config == UNetConfig.mnist(**TINY)
@@ -133,6 +175,7 @@ def test_sample_shape_and_model_come_from_the_spec():
 
 def test_checkpoints_without_what_a_loader_needs_are_refused(tmp_path):
     from ddpm_tutor.checkpoint import FORMAT, ema_weights, save_checkpoint
+
     path = save_checkpoint({"format": FORMAT, "model_spec": {"kind": "mlp", "config": {}}}, tmp_path / "bare.pt")
     with pytest.raises(ValueError, match=r"without 'schedule', 'ema'"):
         load_model(path)

@@ -58,8 +58,9 @@ def test_random_feature_frechet_is_the_frechet_distance_of_those_features(digits
     a, ref, _ = digits
     net = RandomFeatures(0)
     fa, fr = net(a).double() * 10, net(ref).double() * 10
-    assert random_feature_frechet(a, ref) == pytest.approx(frechet_distance(*gaussian_stats(fa),
-                                                                            *gaussian_stats(fr)), rel=1e-9)
+    assert random_feature_frechet(a, ref) == pytest.approx(
+        frechet_distance(*gaussian_stats(fa), *gaussian_stats(fr)), rel=1e-9
+    )
 
 
 def test_label_accuracy_per_class(digits):

@@ -1,10 +1,11 @@
 """Samplers driven by the exact score of a Gaussian mixture must reproduce the mixture."""
+
 import pytest
 import torch
 
 from ddpm_tutor.data import GaussianMixture
-from ddpm_tutor.metrics import noise_floor, sliced_wasserstein
 from ddpm_tutor.diffusion import Denoiser, to_x0_eps
+from ddpm_tutor.metrics import noise_floor, sliced_wasserstein
 from ddpm_tutor.samplers import ddim_sample, ddim_steps, ddim_timesteps, ddpm_sample, ddpm_step, ddpm_steps, sample
 from ddpm_tutor.schedules import Schedule
 
@@ -13,10 +14,13 @@ N = 2000
 
 @pytest.fixture(scope="module")
 def mixture():
-    return GaussianMixture(torch.tensor([0.5, 0.3, 0.2]),
-                           torch.tensor([[-1.5, 0.0], [1.0, 1.0], [1.0, -1.2]]),
-                           torch.stack([torch.tensor([[0.10, 0.05], [0.05, 0.08]]),
-                                        0.05 * torch.eye(2), torch.tensor([[0.2, -0.1], [-0.1, 0.1]])]))
+    return GaussianMixture(
+        torch.tensor([0.5, 0.3, 0.2]),
+        torch.tensor([[-1.5, 0.0], [1.0, 1.0], [1.0, -1.2]]),
+        torch.stack(
+            [torch.tensor([[0.10, 0.05], [0.05, 0.08]]), 0.05 * torch.eye(2), torch.tensor([[0.2, -0.1], [-0.1, 0.1]])]
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +36,14 @@ def _ratio(x, mixture, floor):
 @pytest.mark.parametrize("var_type", ["fixed_small", "fixed_large"])
 def test_ddpm_with_exact_score_reproduces_mixture(mixture, floor, var_type):
     sched = Schedule.linear()
-    x = ddpm_sample(mixture.eps_model(sched), sched, (N, 2), generator=torch.Generator().manual_seed(0),
-                    var_type=var_type, dtype=torch.float64)
+    x = ddpm_sample(
+        mixture.eps_model(sched),
+        sched,
+        (N, 2),
+        generator=torch.Generator().manual_seed(0),
+        var_type=var_type,
+        dtype=torch.float64,
+    )
     assert _ratio(x, mixture, floor) < 2.0
     # the mode weights are right too: assign each sample to its most likely component
     k = mixture.responsibilities(x).argmax(1)
@@ -44,8 +54,15 @@ def test_ddpm_with_exact_score_reproduces_mixture(mixture, floor, var_type):
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddim_50_steps_with_exact_score_reproduces_mixture(mixture, floor, eta):
     sched = Schedule.linear()
-    x = ddim_sample(mixture.eps_model(sched), sched, (N, 2), steps=50, eta=eta,
-                    generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = ddim_sample(
+        mixture.eps_model(sched),
+        sched,
+        (N, 2),
+        steps=50,
+        eta=eta,
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+    )
     assert _ratio(x, mixture, floor) < 2.0
 
 
@@ -53,8 +70,9 @@ def test_a_wrong_score_is_detected(mixture, floor):
     """The test above can fail: a sampler fed a mixture with shifted means lands far from the data."""
     sched = Schedule.linear()
     wrong = GaussianMixture(mixture.weights, mixture.means + 0.5, mixture.covs)
-    x = ddim_sample(wrong.eps_model(sched), sched, (N, 2), steps=50, generator=torch.Generator().manual_seed(0),
-                    dtype=torch.float64)
+    x = ddim_sample(
+        wrong.eps_model(sched), sched, (N, 2), steps=50, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     assert _ratio(x, mixture, floor) > 3.0
 
 
@@ -82,8 +100,9 @@ def test_states_carry_the_step_of_their_x0_prediction(mixture, sampler):
     if sampler == "ddpm":
         states = list(ddpm_steps(model, sched, (8, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64))
     else:
-        states = list(ddim_steps(model, sched, (8, 2), steps=7, generator=torch.Generator().manual_seed(3),
-                                 dtype=torch.float64))
+        states = list(
+            ddim_steps(model, sched, (8, 2), steps=7, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        )
     first = 50 if sampler == "ddpm" else ddim_timesteps(50, 7)[0] + 1  # the paper's step of x_T's state
     assert states[0].x0_hat is None and states[0].x0_hat_paper_t is None and states[0].paper_t == first
     assert states[-1].paper_t == 0
@@ -131,8 +150,9 @@ def test_ddpm_started_at_step_k_is_the_old_continue_from(mixture, t_start):
     assert [s.t for s in states] == list(range(t_start, -2, -1))
     # started at T - 1 it is the ordinary sampler from x_T
     full = ddpm_sample(model, sched, x_t.shape, x_T=x_t, generator=torch.Generator().manual_seed(4))
-    assert torch.equal(ddpm_sample(model, sched, x_t.shape, x_T=x_t, t_start=29,
-                                   generator=torch.Generator().manual_seed(4)), full)
+    assert torch.equal(
+        ddpm_sample(model, sched, x_t.shape, x_T=x_t, t_start=29, generator=torch.Generator().manual_seed(4)), full
+    )
 
 
 def test_samplers_take_a_denoiser_of_any_parameterization(mixture):

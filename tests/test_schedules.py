@@ -58,15 +58,18 @@ def test_get_scales_linear_schedule():
         Schedule.get("quadratic")
 
 
-@pytest.mark.parametrize("beta, msg", [
-    ([0.1, 1.0], r"open interval \(0, 1\)"),
-    ([0.0, 0.1], r"open interval \(0, 1\)"),
-    ([-0.1], r"open interval \(0, 1\)"),
-    ([0.1, float("nan")], "finite"),
-    ([], "at least one"),
-    ([[0.1, 0.2]], "1-D"),
-    ("abc", "1-D sequence of numbers"),
-])
+@pytest.mark.parametrize(
+    "beta, msg",
+    [
+        ([0.1, 1.0], r"open interval \(0, 1\)"),
+        ([0.0, 0.1], r"open interval \(0, 1\)"),
+        ([-0.1], r"open interval \(0, 1\)"),
+        ([0.1, float("nan")], "finite"),
+        ([], "at least one"),
+        ([[0.1, 0.2]], "1-D"),
+        ("abc", "1-D sequence of numbers"),
+    ],
+)
 def test_invalid_beta_raises(beta, msg):
     with pytest.raises(ValueError, match=msg):
         Schedule(beta if not isinstance(beta, list) else torch.tensor(beta, dtype=torch.float64))
@@ -81,7 +84,7 @@ def test_invalid_T_raises(T):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.one_of(st.floats(min_value=-2, max_value=2), st.just(float('nan'))), min_size=1, max_size=20))
+@given(st.lists(st.one_of(st.floats(min_value=-2, max_value=2), st.just(float("nan"))), min_size=1, max_size=20))
 def test_any_beta_is_accepted_iff_valid(values):
     valid = all(0 < v < 1 and 1.0 - v < 1.0 for v in values)
     if valid:

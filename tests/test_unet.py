@@ -1,4 +1,5 @@
 """The U-Net: the paper's CIFAR-10 configuration equals diffusers' UNet2DModel in the released layout."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -46,8 +47,7 @@ def test_converted_weights_give_diffusers_outputs(diffusers_unet, converted, cif
     assert torch.allclose(out, ref, rtol=0, atol=1e-4 * scale), (out - ref).abs().max().item()
 
 
-def test_equivalence_test_detects_symmetric_downsampling_padding(converted, diffusers_unet, cifar_inputs,
-                                                                 monkeypatch):
+def test_equivalence_test_detects_symmetric_downsampling_padding(converted, diffusers_unet, cifar_inputs, monkeypatch):
     # Negative control: padding=1 on both sides (PyTorch's habit) instead of TF's SAME must be caught.
     monkeypatch.setattr(Downsample, "forward", lambda self, x: self.conv(F.pad(x, (1, 1, 1, 1))))
     x, t = cifar_inputs
@@ -109,8 +109,7 @@ def test_output_depends_on_t_and_on_its_own_batch_item_only(num_classes):
         others = torch.cat([x[:1], torch.randn(2, 1, 28, 28, generator=g)])
         y2 = None if y is None else torch.tensor([1, 7, 0])
         torch.testing.assert_close(model(others, torch.tensor([5, 20, 999]), y2)[0], out[0], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(model(x[:1], t[:1], None if y is None else y[:1])[0], out[0],
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(x[:1], t[:1], None if y is None else y[:1])[0], out[0], rtol=1e-5, atol=1e-5)
 
 
 def test_class_labels_change_the_output_and_none_means_null_label():
@@ -170,14 +169,17 @@ def mnist_model():
     return UNet(UNetConfig.mnist()).eval()
 
 
-@pytest.mark.parametrize("x_shape, t, match", [
-    ((2, 3, 28, 28), [1, 2], r"\(B, 1, 28, 28\)"),  # wrong channel count
-    ((2, 1, 32, 32), [1, 2], r"\(B, 1, 28, 28\)"),  # wrong size
-    ((1, 28, 28), [1], r"\(B, 1, 28, 28\)"),  # no batch dimension
-    ((2, 1, 28, 28), [1, 2, 3], r"shape \(2,\)"),  # batch mismatch
-    ((2, 1, 28, 28), [0.5, 2.0], "integer"),  # float t
-    ((2, 1, 28, 28), [-1, 2], "0..T-1"),  # negative t
-])
+@pytest.mark.parametrize(
+    "x_shape, t, match",
+    [
+        ((2, 3, 28, 28), [1, 2], r"\(B, 1, 28, 28\)"),  # wrong channel count
+        ((2, 1, 32, 32), [1, 2], r"\(B, 1, 28, 28\)"),  # wrong size
+        ((1, 28, 28), [1], r"\(B, 1, 28, 28\)"),  # no batch dimension
+        ((2, 1, 28, 28), [1, 2, 3], r"shape \(2,\)"),  # batch mismatch
+        ((2, 1, 28, 28), [0.5, 2.0], "integer"),  # float t
+        ((2, 1, 28, 28), [-1, 2], "0..T-1"),  # negative t
+    ],
+)
 def test_bad_inputs_raise(mnist_model, x_shape, t, match):
     with pytest.raises(ValueError, match=match):
         mnist_model(torch.randn(x_shape), torch.tensor(t))
@@ -201,13 +203,16 @@ def test_scalar_t_is_broadcast(mnist_model):
     assert mnist_model(x, 7).shape == x.shape
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (dict(attn_resolutions=(8,)), "attn_resolutions"),  # 28 -> 14 -> 7 has no 8x8 level
-    (dict(image_size=30), "divisible"),
-    (dict(ch=40), "num_groups"),
-    (dict(dropout=1.0), "dropout"),
-    (dict(num_classes=0), "num_classes"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(attn_resolutions=(8,)), "attn_resolutions"),  # 28 -> 14 -> 7 has no 8x8 level
+        (dict(image_size=30), "divisible"),
+        (dict(ch=40), "num_groups"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(num_classes=0), "num_classes"),
+    ],
+)
 def test_bad_configs_raise(overrides, match):
     with pytest.raises(ValueError, match=match):
         UNetConfig.mnist(**overrides)
@@ -220,8 +225,9 @@ def test_config_round_trips_through_plain_types():
 
 def test_converter_refuses_what_our_unet_does_not_implement():
     # attention on the up path at 8x8 while the down path has it at 16x16: not the paper's (mirrored) model
-    bad_up = dict(DDPM_CIFAR10_DIFFUSERS_CONFIG, up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D",
-                                                                  "UpBlock2D"))
+    bad_up = dict(
+        DDPM_CIFAR10_DIFFUSERS_CONFIG, up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+    )
     with pytest.raises(ValueError, match="mirror"):
         config_from_diffusers(bad_up)
     with pytest.raises(ValueError, match="flip_sin_to_cos"):

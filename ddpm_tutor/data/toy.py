@@ -1,4 +1,5 @@
 """Two-dimensional toy data sets, scaled to roughly unit variance."""
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,13 @@ def toy2d(name: str, n: int, generator: torch.Generator | None = None) -> Tensor
         n_outer = int(torch.binomial(torch.tensor(float(n)), torch.tensor(0.5), generator=generator))
         angle = torch.rand(n, generator=generator, dtype=torch.float64) * math.pi
         outer = torch.arange(n) < n_outer
-        x = torch.stack([torch.where(outer, torch.cos(angle), 1 - torch.cos(angle)),
-                         torch.where(outer, torch.sin(angle), 0.5 - torch.sin(angle))], dim=1)
+        x = torch.stack(
+            [
+                torch.where(outer, torch.cos(angle), 1 - torch.cos(angle)),
+                torch.where(outer, torch.sin(angle), 0.5 - torch.sin(angle)),
+            ],
+            dim=1,
+        )
         x = x + 0.05 * torch.randn(n, 2, generator=generator, dtype=torch.float64)
         x = x[torch.randperm(n, generator=generator)].float()
         return (x - torch.tensor([0.5, 0.25])) / torch.tensor([0.87, 0.5]) * 0.8

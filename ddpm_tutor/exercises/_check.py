@@ -1,7 +1,8 @@
 """The comparison behind every self-check: a clear verdict, and where the answer first differs."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -30,8 +31,10 @@ def check_close(name: str, got, expected, *, atol: float = 1e-6, rtol: float = 1
     if bad.any():
         idx = tuple(int(i) for i in torch.nonzero(bad)[0])
         n_bad = int(bad.sum())
-        raise CheckFailed(f"{name}: {n_bad} of {bad.numel()} entries differ; first at index {idx}: "
-                          f"got {got64[idx].item():.6g}, expected {exp64[idx].item():.6g}. {hint}".strip())
+        raise CheckFailed(
+            f"{name}: {n_bad} of {bad.numel()} entries differ; first at index {idx}: "
+            f"got {got64[idx].item():.6g}, expected {exp64[idx].item():.6g}. {hint}".strip()
+        )
     msg = f"{name}: correct ({got.numel()} values match the reference)"
     print(msg)
     return msg
@@ -58,8 +61,11 @@ def matches(got, candidate, atol=1e-6, rtol=1e-5) -> bool:
     except (TypeError, ValueError, RuntimeError):
         return False
     candidate = torch.as_tensor(candidate).double()
-    return got.shape == candidate.shape and bool(torch.isfinite(got).all()) and \
-        bool(torch.allclose(got, candidate, atol=atol, rtol=rtol))
+    return (
+        got.shape == candidate.shape
+        and bool(torch.isfinite(got).all())
+        and bool(torch.allclose(got, candidate, atol=atol, rtol=rtol))
+    )
 
 
 def diagnose(name: str, got, expected, mistakes: dict, hint: str, atol: float = 1e-6, rtol: float = 1e-5) -> str:

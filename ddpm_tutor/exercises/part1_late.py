@@ -6,25 +6,30 @@ line when the function still raises ``NotImplementedError`` (and returns ``None`
 :class:`~ddpm_tutor.exercises.CheckFailed` naming the first case that goes wrong otherwise, with a hint
 when the answer matches a known mistake.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from ..diffusion import PARAMETERIZATIONS, to_x0_eps
 from ..samplers import ddim_step
 from ..schedules import Schedule
-from ._check import CheckFailed, check_close
 from ._check import attempt as _call
 from ._check import diagnose as _diagnose
-from ._check import matches as _matches
 
 Tensor = torch.Tensor
 
-__all__ = ["check_to_x0", "check_cosine_alpha_bar", "check_ddim_step", "ddim_step_reference",
-           "cosine_alpha_bar_reference", "to_x0_reference"]
+__all__ = [
+    "check_to_x0",
+    "check_cosine_alpha_bar",
+    "check_ddim_step",
+    "ddim_step_reference",
+    "cosine_alpha_bar_reference",
+    "to_x0_reference",
+]
 
 
 # --- chapter 5: parameterisation ------------------------------------------------------------------
@@ -59,10 +64,10 @@ def check_to_x0(fn: Callable) -> str | None:
             return None
         expected = to_x0_reference(sched, x_t, t, out, p)
         mistakes = {
-            "you used alpha_t = 1 - beta_t where bar alpha_t (the cumulative product) belongs":
-                _with_table(x_t, out, a, p),
-            "a sign is flipped (check the sign in front of the noise or v term)":
-                _with_table(x_t, -out, ab, p),
+            "you used alpha_t = 1 - beta_t where bar alpha_t (the cumulative product) belongs": _with_table(
+                x_t, out, a, p
+            ),
+            "a sign is flipped (check the sign in front of the noise or v term)": _with_table(x_t, -out, ab, p),
             "you returned the network output unchanged (that is right only for the x0 parameterisation)": out,
         }
         if p == "x0":
@@ -92,7 +97,7 @@ def cosine_alpha_bar_reference(T: int, s: float = 0.008) -> Tensor:
 
 def _cos_f(t: Tensor, T: int, s: float, square: bool = True) -> Tensor:
     c = torch.cos((t / T + s) / (1 + s) * math.pi / 2)
-    return c ** 2 if square else c
+    return c**2 if square else c
 
 
 def check_cosine_alpha_bar(fn: Callable) -> str | None:
@@ -109,22 +114,37 @@ def check_cosine_alpha_bar(fn: Callable) -> str | None:
         t = torch.arange(1, T + 1, dtype=torch.float64)
         f0 = _cos_f(torch.zeros(()), T, s)
         mistakes = {
-            "you used t = 0, ..., T-1 where the paper's t = 1, ..., T belongs (your first value is 1)":
-                _cos_f(t - 1, T, s) / f0,
+            "you used t = 0, ..., T-1 where the paper's t = 1, ..., T belongs (your first value is 1)": _cos_f(
+                t - 1, T, s
+            )
+            / f0,
             "you forgot to divide by f(0)": _cos_f(t, T, s),
             "you forgot to square the cosine": _cos_f(t, T, s, square=False) / _cos_f(torch.zeros(()), T, s, False),
             "you left out the offset s": _cos_f(t, T, 0.0),
         }
-        _diagnose(f"{name} (T={T}, s={s})", got, cosine_alpha_bar_reference(T, s), mistakes,
-                  "bar alpha_t = f(t)/f(0) with f(t) = cos^2(((t/T + s)/(1 + s)) pi/2), t = 1..T.", 1e-4, 1e-6)
+        _diagnose(
+            f"{name} (T={T}, s={s})",
+            got,
+            cosine_alpha_bar_reference(T, s),
+            mistakes,
+            "bar alpha_t = f(t)/f(0) with f(t) = cos^2(((t/T + s)/(1 + s)) pi/2), t = 1..T.",
+            1e-4,
+            1e-6,
+        )
     msg = f"{name}: correct for T = 10, 1000, 50 and s = 0.008, 0.1"
     print(msg)
     return msg
 
 
 # --- chapter 7: a DDIM step -----------------------------------------------------------------------
-def ddim_step_reference(x_t: Tensor, eps_hat: Tensor, alpha_bar_t: float, alpha_bar_prev: float,
-                        eta: float = 0.0, noise: Tensor | None = None) -> Tensor:
+def ddim_step_reference(
+    x_t: Tensor,
+    eps_hat: Tensor,
+    alpha_bar_t: float,
+    alpha_bar_prev: float,
+    eta: float = 0.0,
+    noise: Tensor | None = None,
+) -> Tensor:
     """The library's DDIM update (samplers.ddim_step) written in terms of the two bar alphas.
 
     ``alpha_bar_prev = 1`` means the step to x_0.
@@ -150,8 +170,9 @@ def check_ddim_step(fn: Callable) -> str | None:
     eps_hat = torch.randn(5, 2, generator=g, dtype=torch.float64)
     noise = torch.randn(5, 2, generator=g, dtype=torch.float64)
     ab = sched.alpha_bar
-    cases = [(f"eta=0, from t={i + 1} to t={j + 1}", float(ab[i]), float(ab[j]), 0.0)
-             for i, j in [(500, 480), (80, 20)]]
+    cases = [
+        (f"eta=0, from t={i + 1} to t={j + 1}", float(ab[i]), float(ab[j]), 0.0) for i, j in [(500, 480), (80, 20)]
+    ]
     cases.append(("eta=0, last step to x_0 (bar alpha_prev = 1)", float(ab[19]), 1.0, 0.0))
     cases += [(f"eta={eta}, from t=501 to t=481", float(ab[500]), float(ab[480]), eta) for eta in (1.0, 0.5)]
     for label, a_t, a_prev, eta in cases:
@@ -161,18 +182,22 @@ def check_ddim_step(fn: Callable) -> str | None:
         expected = ddim_step_reference(x_t, eps_hat, a_t, a_prev, eta=eta, noise=noise)
         x0_hat = (x_t - math.sqrt(1 - a_t) * eps_hat) / math.sqrt(a_t)
         sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        swapped = _ddim_plain(x_t, eps_hat, a_prev, a_t, eta, noise) if a_prev < 1 else x_t * float("nan")
+        no_sigma = math.sqrt(a_prev) * x0_hat + math.sqrt(1 - a_prev) * eps_hat + sigma * noise
+        no_noise = math.sqrt(a_prev) * x0_hat + math.sqrt(max(0.0, 1 - a_prev - sigma**2)) * eps_hat
         mistakes = {
-            "you left sigma^2 out of the direction term: it should be sqrt(1 - bar alpha_prev - sigma^2) eps_hat":
-                math.sqrt(a_prev) * x0_hat + math.sqrt(1 - a_prev) * eps_hat + sigma * noise,
-            "you forgot the fresh noise sigma z (needed when eta > 0)":
-                math.sqrt(a_prev) * x0_hat + math.sqrt(max(0.0, 1 - a_prev - sigma ** 2)) * eps_hat,
-            "you swapped bar alpha_t and bar alpha_prev":
-                _ddim_plain(x_t, eps_hat, a_prev, a_t, eta, noise) if a_prev < 1 else x_t * float("nan"),
+            "you left sigma^2 out of the direction term: it should be sqrt(1 - bar alpha_prev - sigma^2) eps_hat": (
+                no_sigma
+            ),
+            "you forgot the fresh noise sigma z (needed when eta > 0)": no_noise,
+            "you swapped bar alpha_t and bar alpha_prev": swapped,
             "you returned x0_hat instead of x_prev": x0_hat,
         }
-        hint = ("x0_hat = (x_t - sqrt(1 - ab_t) eps_hat)/sqrt(ab_t); sigma = eta sqrt((1 - ab_prev)/(1 - ab_t)) "
-                "sqrt(1 - ab_t/ab_prev); x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat "
-                "+ sigma z (Song et al. 2021, eq. 12 and 16).")
+        hint = (
+            "x0_hat = (x_t - sqrt(1 - ab_t) eps_hat)/sqrt(ab_t); sigma = eta sqrt((1 - ab_prev)/(1 - ab_t)) "
+            "sqrt(1 - ab_t/ab_prev); x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat "
+            "+ sigma z (Song et al. 2021, eq. 12 and 16)."
+        )
         _diagnose(f"{name} ({label})", got, expected, mistakes, hint, 1e-6, 1e-5)
     msg = f"{name}: correct for eta = 0 (including the last step to x_0), eta = 1 and eta = 0.5"
     print(msg)
@@ -181,6 +206,9 @@ def check_ddim_step(fn: Callable) -> str | None:
 
 def _ddim_plain(x_t, eps_hat, a_t, a_prev, eta, noise):
     x0_hat = (x_t - math.sqrt(1 - a_t) * eps_hat) / math.sqrt(a_t)
-    sigma2 = eta ** 2 * (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
-    return math.sqrt(a_prev) * x0_hat + math.sqrt(max(0.0, 1 - a_prev - sigma2)) * eps_hat + \
-        math.sqrt(max(0.0, sigma2)) * noise
+    sigma2 = eta**2 * (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+    return (
+        math.sqrt(a_prev) * x0_hat
+        + math.sqrt(max(0.0, 1 - a_prev - sigma2)) * eps_hat
+        + math.sqrt(max(0.0, sigma2)) * noise
+    )

@@ -6,10 +6,11 @@ line when the function still raises ``NotImplementedError`` (and returns ``None`
 :class:`~ddpm_tutor.exercises.CheckFailed` naming the first case that goes wrong otherwise, with a hint
 when the answer matches a known mistake.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -18,14 +19,23 @@ from ._check import attempt as _call
 
 Tensor = torch.Tensor
 
-__all__ = ["check_resblock_params", "check_ddim_step", "check_prior_bpd", "check_guided_eps",
-           "resblock_params_reference", "ddim_step_reference", "prior_bpd_reference", "guided_eps_reference"]
+__all__ = [
+    "check_resblock_params",
+    "check_ddim_step",
+    "check_prior_bpd",
+    "check_guided_eps",
+    "resblock_params_reference",
+    "ddim_step_reference",
+    "prior_bpd_reference",
+    "guided_eps_reference",
+]
 
 
 # --- chapter 1: parameters of a residual block ----------------------------------------------------------
 def resblock_params_reference(in_ch: int, out_ch: int, temb_dim: int) -> int:
     """Parameters of the U-Net's ResBlock, counted on the module itself."""
     from ..models.unet import ResBlock
+
     block = ResBlock(in_ch, out_ch, temb_dim, dropout=0.0, groups=min(8, in_ch, out_ch))
     return sum(p.numel() for p in block.parameters())
 
@@ -63,6 +73,7 @@ def ddim_step_reference(alpha_bar_t: Tensor, alpha_bar_prev: Tensor, x_t: Tensor
 def _ddim_cases():
     from ..samplers import ddim_step
     from ..schedules import Schedule
+
     sched = Schedule.linear(1000)
     g = torch.Generator().manual_seed(0)
     for t, t_prev in ((999, 949), (500, 480), (20, 0)):
@@ -85,8 +96,9 @@ def check_ddim_step(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> s
         except CheckFailed as err:
             x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
             if torch.allclose(torch.as_tensor(got, dtype=torch.float64), x0, atol=1e-6):
-                raise CheckFailed(f"{err} You returned x0_hat: add back the noise direction "
-                                  "sqrt(1 - alpha_bar_prev) eps_hat.") from None
+                raise CheckFailed(
+                    f"{err} You returned x0_hat: add back the noise direction sqrt(1 - alpha_bar_prev) eps_hat."
+                ) from None
             raise
     msg = "ddim_step: correct on 3 steps (matches ddpm_tutor.samplers.ddim_step with eta = 0)"
     print(msg)
@@ -97,7 +109,7 @@ def check_ddim_step(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> s
 def prior_bpd_reference(alpha_bar_T: Tensor, x0: Tensor) -> Tensor:
     """KL(q(x_T | x_0) || N(0, I)) per image, in bits per dimension, (B,)."""
     mean, var = alpha_bar_T.sqrt() * x0, (1 - alpha_bar_T)
-    kl = 0.5 * (var + mean ** 2 - 1 - torch.log(var))
+    kl = 0.5 * (var + mean**2 - 1 - torch.log(var))
     return kl.flatten(1).mean(1) / math.log(2)
 
 
@@ -105,6 +117,7 @@ def check_prior_bpd(fn: Callable[[Tensor, Tensor], Tensor]) -> str | None:
     """``fn(alpha_bar_T, x0)`` -> the prior term KL(q(x_T|x_0) || N(0, I)) in bits/dim per image."""
     from ..losses import prior_bpd
     from ..schedules import Schedule
+
     g = torch.Generator().manual_seed(0)
     x0 = torch.randint(0, 256, (3, 1, 4, 4), generator=g).double() / 127.5 - 1
     for sched in (Schedule.linear(1000), Schedule.linear(1000, beta_T=0.002)):
@@ -142,8 +155,10 @@ def check_guided_eps(fn: Callable[[Tensor, Tensor, float], Tensor]) -> str | Non
             check_close(f"guided_eps (w = {w})", got, guided_eps_reference(ec, eu, w))
         except CheckFailed as err:
             if torch.allclose(torch.as_tensor(got), w * ec + (1 - w) * eu, atol=1e-6):
-                raise CheckFailed(f"{err} That is the interpolation w eps_c + (1 - w) eps_u; this book's w "
-                                  "is Ho & Salimans' (w = 0 is the plain conditional model).") from None
+                raise CheckFailed(
+                    f"{err} That is the interpolation w eps_c + (1 - w) eps_u; this book's w "
+                    "is Ho & Salimans' (w = 0 is the plain conditional model)."
+                ) from None
             raise
     msg = "guided_eps: correct for w = 0, 1, 3.5"
     print(msg)

@@ -5,15 +5,16 @@ diffusers configuration (config.json of google/ddpm-cifar10-32, defaults from di
 `DDPM_CIFAR10_DIFFUSERS_CONFIG`. Only the architecture family our U-Net implements is accepted; anything
 else raises a ValueError naming the setting.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from .unet import UNet, UNetConfig
-
 
 DDPM_CIFAR10_REPO = "google/ddpm-cifar10-32"
 
@@ -83,10 +84,15 @@ def config_from_diffusers(dcfg: Mapping[str, Any]) -> UNetConfig:
     size = int(size)
     n = len(boc)
     down, up = tuple(cfg["down_block_types"]), tuple(cfg["up_block_types"])
-    if len(down) != n or len(up) != n or set(down) - {"DownBlock2D", "AttnDownBlock2D"} \
-            or set(up) - {"UpBlock2D", "AttnUpBlock2D"}:
-        raise ValueError(f"expected {n} DownBlock2D/AttnDownBlock2D and {n} UpBlock2D/AttnUpBlock2D blocks, "
-                         f"got {down} and {up}")
+    if (
+        len(down) != n
+        or len(up) != n
+        or set(down) - {"DownBlock2D", "AttnDownBlock2D"}
+        or set(up) - {"UpBlock2D", "AttnUpBlock2D"}
+    ):
+        raise ValueError(
+            f"expected {n} DownBlock2D/AttnDownBlock2D and {n} UpBlock2D/AttnUpBlock2D blocks, got {down} and {up}"
+        )
     attn_levels = [i for i, b in enumerate(down) if b == "AttnDownBlock2D"]
     # our attention is per resolution, so the up path must mirror the down path
     mirrored = tuple("AttnUpBlock2D" if (n - 1 - i) in attn_levels else "UpBlock2D" for i in range(n))
@@ -95,8 +101,9 @@ def config_from_diffusers(dcfg: Mapping[str, Any]) -> UNetConfig:
     head_dim = cfg.get("attention_head_dim")
     for i in attn_levels + [n - 1]:  # the middle block's attention has boc[-1] channels
         if head_dim not in (None, boc[i]):
-            raise ValueError(f"only single-head attention is supported: attention_head_dim must be None or "
-                             f"{boc[i]}, got {head_dim}")
+            raise ValueError(
+                f"only single-head attention is supported: attention_head_dim must be None or {boc[i]}, got {head_dim}"
+            )
     return UNetConfig(
         image_size=size,
         in_channels=int(cfg["in_channels"]),
@@ -111,11 +118,22 @@ def config_from_diffusers(dcfg: Mapping[str, Any]) -> UNetConfig:
 
 
 # diffusers name -> ours, inside a residual block / an attention block
-_RES = {"norm1": "norm1", "conv1": "conv1", "time_emb_proj": "temb_proj", "norm2": "norm2", "conv2": "conv2",
-        "conv_shortcut": "skip"}
+_RES = {
+    "norm1": "norm1",
+    "conv1": "conv1",
+    "time_emb_proj": "temb_proj",
+    "norm2": "norm2",
+    "conv2": "conv2",
+    "conv_shortcut": "skip",
+}
 _ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-_TOP = {"conv_in": "conv_in", "conv_norm_out": "norm_out", "conv_out": "conv_out",
-        "time_embedding.linear_1": "time_mlp.0", "time_embedding.linear_2": "time_mlp.2"}
+_TOP = {
+    "conv_in": "conv_in",
+    "conv_norm_out": "norm_out",
+    "conv_out": "conv_out",
+    "time_embedding.linear_1": "time_mlp.0",
+    "time_embedding.linear_2": "time_mlp.2",
+}
 
 
 def _rename(key: str) -> str:
@@ -140,7 +158,7 @@ def _rename(key: str) -> str:
     raise KeyError(key)
 
 
-def unet_from_diffusers(source, config: Optional[Mapping[str, Any]] = None) -> tuple[UNetConfig, dict]:
+def unet_from_diffusers(source, config: Mapping[str, Any] | None = None) -> tuple[UNetConfig, dict]:
     """Convert a diffusers UNet2DModel (or its state dict) to (UNetConfig, state dict of our `UNet`).
 
     source: a UNet2DModel (its own config is used) or a state dict, with `config` its UNet2DModel arguments
@@ -168,8 +186,10 @@ def unet_from_diffusers(source, config: Optional[Mapping[str, Any]] = None) -> t
         if name not in ours:
             raise ValueError(f"diffusers weight {key!r} maps to {name!r}, which our UNet for {ucfg} lacks")
         if value.shape != ours[name].shape:
-            raise ValueError(f"diffusers weight {key!r} has shape {tuple(value.shape)}, expected "
-                             f"{tuple(ours[name].shape)} for our {name!r}")
+            raise ValueError(
+                f"diffusers weight {key!r} has shape {tuple(value.shape)}, expected "
+                f"{tuple(ours[name].shape)} for our {name!r}"
+            )
         out[name] = value.detach().clone()
     missing = sorted(set(ours) - set(out))
     if missing:
@@ -177,8 +197,9 @@ def unet_from_diffusers(source, config: Optional[Mapping[str, Any]] = None) -> t
     return ucfg, out
 
 
-def load_ddpm_cifar10_pretrained(repo_id: str = DDPM_CIFAR10_REPO, device: str | torch.device = "cpu",
-                                 **from_pretrained_kwargs) -> UNet:
+def load_ddpm_cifar10_pretrained(
+    repo_id: str = DDPM_CIFAR10_REPO, device: str | torch.device = "cpu", **from_pretrained_kwargs
+) -> UNet:
     """The released DDPM CIFAR-10 weights (Ho et al. 2020, via the Hugging Face hub) in our UNet, in eval mode.
 
     Needs a network (Colab) and the `diffusers` package; downloads about 143 MB once. Never used in tests.

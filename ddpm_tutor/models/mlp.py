@@ -1,4 +1,5 @@
 """An MLP denoiser for low-dimensional data: model(x_t, t) -> prediction of x_t's shape."""
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 Classifier guidance (Dhariwal & Nichol 2021, sec. 4) needs p(y | x_t) at every noise level, so the classifier
 sees the step t and is trained on x_t = q_sample(x_0, t, eps), never only on clean data.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -63,9 +64,19 @@ class NoisyClassifier(nn.Module):
         return asdict(self.config)
 
 
-def train_noisy_classifier(classifier: nn.Module, sched: Schedule, x: Tensor, y: Tensor, steps: int,
-                           generator: torch.Generator, *, batch_size: int = 512, lr: float = 2e-3,
-                           weight_decay: float = 0.0, device=None) -> list[float]:
+def train_noisy_classifier(
+    classifier: nn.Module,
+    sched: Schedule,
+    x: Tensor,
+    y: Tensor,
+    steps: int,
+    generator: torch.Generator,
+    *,
+    batch_size: int = 512,
+    lr: float = 2e-3,
+    weight_decay: float = 0.0,
+    device=None,
+) -> list[float]:
     """Train ``classifier`` by cross-entropy on noisy data: x_t = q_sample(x_0, t, eps), t ~ U{0..T-1}.
 
     x: (N, D) clean data, y: (N,) labels. All randomness comes from ``generator`` (CPU). Returns the

@@ -10,10 +10,10 @@ Layout (resolution r halves at each level going down, doubles going up):
   -> GroupNorm, SiLU, conv_out.
 Every output of the down path (conv_in, each block, each down-sample) is a skip consumed once by the up path.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ class UNetConfig:
     num_res_blocks: int = 2  # residual blocks per level going down (one more going up)
     attn_resolutions: tuple = (16,)  # resolutions (side length) whose blocks get self-attention
     dropout: float = 0.1  # dropout inside every residual block (paper: 0.1 on CIFAR-10)
-    num_classes: Optional[int] = None  # class-conditional when set; label num_classes is the "null" label (guidance)
+    num_classes: int | None = None  # class-conditional when set; label num_classes is the "null" label (guidance)
     num_groups: int = 32  # GroupNorm groups (paper: 32); must divide every channel count
 
     def __post_init__(self):
@@ -54,16 +54,20 @@ class UNetConfig:
         factor = 2 ** (len(self.ch_mult) - 1)
         if self.image_size % factor:
             # SAME-padded stride-2 convs give ceil(r/2); up-sampling doubles, so an odd size would not come back
-            raise ValueError(f"UNetConfig.image_size must be divisible by 2**(len(ch_mult)-1) = {factor}, "
-                             f"got {self.image_size}")
+            raise ValueError(
+                f"UNetConfig.image_size must be divisible by 2**(len(ch_mult)-1) = {factor}, got {self.image_size}"
+            )
         bad = [c for c in {self.ch * m for m in self.ch_mult} if c % self.num_groups]
         if bad:
-            raise ValueError(f"UNetConfig.num_groups={self.num_groups} must divide every level's channel count "
-                             f"ch * ch_mult = {[self.ch * m for m in self.ch_mult]}")
+            raise ValueError(
+                f"UNetConfig.num_groups={self.num_groups} must divide every level's channel count "
+                f"ch * ch_mult = {[self.ch * m for m in self.ch_mult]}"
+            )
         unknown = sorted(set(self.attn_resolutions) - set(self.resolutions))
         if unknown:
-            raise ValueError(f"UNetConfig.attn_resolutions {unknown} are not among the levels' resolutions "
-                             f"{self.resolutions}")
+            raise ValueError(
+                f"UNetConfig.attn_resolutions {unknown} are not among the levels' resolutions {self.resolutions}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
@@ -75,14 +79,22 @@ class UNetConfig:
         return tuple(self.image_size // 2**i for i in range(len(self.ch_mult)))
 
     @classmethod
-    def ddpm_cifar10(cls, **overrides) -> "UNetConfig":
+    def ddpm_cifar10(cls, **overrides) -> UNetConfig:
         """The paper's CIFAR-10 model: 35,746,307 parameters (Ho et al. 2020, appendix B)."""
-        base = dict(image_size=32, in_channels=3, out_channels=3, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2,
-                    attn_resolutions=(16,), dropout=0.1)
+        base = dict(
+            image_size=32,
+            in_channels=3,
+            out_channels=3,
+            ch=128,
+            ch_mult=(1, 2, 2, 2),
+            num_res_blocks=2,
+            attn_resolutions=(16,),
+            dropout=0.1,
+        )
         return cls(**{**base, **overrides})
 
     @classmethod
-    def mnist(cls, **overrides) -> "UNetConfig":
+    def mnist(cls, **overrides) -> UNetConfig:
         """A small model for 28x28 digits that trains usefully on two CPU cores in minutes.
 
         Levels 28 -> 14 -> 7 with 32, 64, 64 channels, one residual block per level going down (two going up):
@@ -90,8 +102,16 @@ class UNetConfig:
         stop training long before a model this size overfits, and dropout slows early progress (and costs
         about 10% of a CPU step). On 2 CPU cores a training step at batch 64 takes about 0.6 s.
         """
-        base = dict(image_size=28, in_channels=1, out_channels=1, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-                    attn_resolutions=(7,), dropout=0.0)
+        base = dict(
+            image_size=28,
+            in_channels=1,
+            out_channels=1,
+            ch=32,
+            ch_mult=(1, 2, 2),
+            num_res_blocks=1,
+            attn_resolutions=(7,),
+            dropout=0.0,
+        )
         return cls(**{**base, **overrides})
 
     def to_dict(self) -> dict:
@@ -159,7 +179,10 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """3x3 conv with stride 2 and TensorFlow "SAME" padding: pad right and bottom by one. (B, C, H, W) -> (B, C, H/2, W/2)."""
+    """3x3 conv with stride 2 and TensorFlow "SAME" padding: pad right and bottom by one.
+
+    (B, C, H, W) -> (B, C, H/2, W/2).
+    """
 
     def __init__(self, ch: int):
         super().__init__()
@@ -185,7 +208,7 @@ class Upsample(nn.Module):
 class Level(nn.Module):
     """One resolution of the U-Net: residual blocks, each followed by attention or nothing, then a resampler."""
 
-    def __init__(self, blocks: list, attns: list, resample: Optional[nn.Module]):
+    def __init__(self, blocks: list, attns: list, resample: nn.Module | None):
         super().__init__()
         self.res = nn.ModuleList(blocks)
         self.attn = nn.ModuleList(attns)  # nn.Identity where the level has no attention, so indices line up
@@ -201,7 +224,7 @@ class UNet(nn.Module):
     y = num_classes (or y=None) is the "null" label used for classifier-free guidance.
     """
 
-    def __init__(self, config: Optional[UNetConfig] = None, **overrides):
+    def __init__(self, config: UNetConfig | None = None, **overrides):
         super().__init__()
         if config is None:
             config = UNetConfig(**overrides)
@@ -262,7 +285,7 @@ class UNet(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _check_inputs(self, x: Tensor, t, y: Optional[Tensor]) -> tuple:
+    def _check_inputs(self, x: Tensor, t, y: Tensor | None) -> tuple:
         c = self.config
         expected = f"(B, {c.in_channels}, {c.image_size}, {c.image_size})"
         if not torch.is_tensor(x) or x.ndim != 4 or tuple(x.shape[1:]) != (c.in_channels, c.image_size, c.image_size):
@@ -280,7 +303,7 @@ class UNet(nn.Module):
             y = class_labels(null_labels(B, c.num_classes, x.device) if y is None else y, B, c.num_classes)
         return t, y
 
-    def forward(self, x: Tensor, t, y: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, t, y: Tensor | None = None) -> Tensor:
         t, y = self._check_inputs(x, t, y)
         temb = self.time_mlp(timestep_embedding(t, self.config.ch).to(x.dtype))
         if self.label_emb is not None:
