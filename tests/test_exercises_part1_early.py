@@ -105,6 +105,10 @@ def test_not_implemented_is_not_attempted(checker, capsys):
             lambda s, x0, t, e: s.at("alpha", t, x0).sqrt() * x0 + (1 - s.at("alpha_bar", t, x0)).sqrt() * e,
             r"alpha_t \(one step\) instead of alpha_bar_t",
         ),
+        (  # both coefficients wrong (moved from chapter 1's hidden cell): the x_0 probe names alpha_t
+            lambda s, x0, t, e: s.at("alpha", t, x0).sqrt() * x0 + s.at("alpha_bar", t, x0).sqrt() * e,
+            r"coefficient of x_0.*alpha_t \(one step\) instead of alpha_bar_t",
+        ),
         (
             lambda s, x0, t, e: s.at("alpha_bar", t, x0) * x0 + (1 - s.at("alpha_bar", t, x0)).sqrt() * e,
             "square root on alpha_bar_t",

@@ -68,6 +68,17 @@ def test_to_x0_recognises_alpha_for_alpha_bar():
         check_to_x0(uses_alpha)
 
 
+def test_to_x0_accepts_the_reference_and_names_the_eps_branch_without_square_roots():
+    assert "correct" in check_to_x0(to_x0_reference)
+
+    def no_square_roots(sched, x_t, t, out, p):  # forgets the square roots in the eps branch only
+        ab = sched.at("alpha_bar", t, x_t)
+        return (x_t - (1 - ab) * out) / ab if p == "eps" else to_x0_reference(sched, x_t, t, out, p)
+
+    with pytest.raises(CheckFailed, match=r"to_x0 \('eps' parameterisation\)"):
+        check_to_x0(no_square_roots)
+
+
 def test_to_x0_reports_crash():
     def crashes(sched, x_t, t, out, p):
         return x_t @ torch.ones(3)
@@ -91,6 +102,14 @@ def test_cosine_accepts_the_unclipped_closed_form_and_rejects_another_offset():
     # the library's reference differs from the closed form only in its clipped last value
     ref, closed = cosine_alpha_bar_reference(1000), _closed_form(1000, 0.008)
     torch.testing.assert_close(ref[:-1].double(), closed[:-1], rtol=1e-5, atol=1e-7)
+
+
+def test_cosine_accepts_the_reference_and_rejects_the_linear_schedule():
+    from ddpm_tutor.schedules import Schedule
+
+    assert "correct" in check_cosine_alpha_bar(cosine_alpha_bar_reference)
+    with pytest.raises(CheckFailed, match=r"cosine_alpha_bar \(T=10, s=0\.008\).*f\(t\)/f\(0\)"):
+        check_cosine_alpha_bar(lambda T, s=0.008: Schedule.linear(T).alpha_bar)
 
 
 def test_cosine_recognises_off_by_one():
@@ -130,6 +149,17 @@ def test_ddim_accepts_a_right_solution_and_rejects_a_slightly_wrong_one(capsys):
 
     with pytest.raises(CheckFailed, match=r"eta=0\.5"):
         check_ddim_step(eta_squared)
+
+
+def test_ddim_accepts_the_reference_and_rejects_a_step_that_ignores_eta(capsys):
+    assert "correct" in check_ddim_step(ddim_step_reference)
+
+    def ignores_eta(x_t, eps_hat, a_t, a_prev, eta=0.0, noise=None):  # right at eta = 0, deterministic always
+        return ddim_step_reference(x_t, eps_hat, a_t, a_prev, eta=0.0)
+
+    with pytest.raises(CheckFailed, match=r"ddim_step \(eta=1\.0, from t=501 to t=481\)"):
+        check_ddim_step(ignores_eta)
+    assert "ddim_step (eta=0, last step to x_0" in capsys.readouterr().out  # the eta = 0 cases passed first
 
 
 def test_ddim_reference_matches_the_sampler_formula():

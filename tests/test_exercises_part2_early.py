@@ -67,3 +67,24 @@ def test_wrong_shape_is_reported():
         ex.check_langevin_update(lambda x, s, h, z: x[:, 0])
     with pytest.raises(CheckFailed):
         ex.check_prior_kl(lambda ab, x0: torch.zeros(3))
+
+
+def test_checkers_accept_the_library():
+    from ddpm_tutor import elbo
+    from ddpm_tutor.diffusion import x0_from_eps
+    from ddpm_tutor.langevin import langevin_update
+    from ddpm_tutor.schedules import Schedule
+
+    assert "correct" in ex.check_prior_kl(lambda ab, x0: elbo.prior_kl(Schedule.from_alpha_bar([ab]), x0))
+
+    def tweedie_by_library(x_t, a, score):  # eps = -sqrt(1 - a) score, then x0 from eps
+        t0 = torch.zeros(len(x_t), dtype=torch.long)
+        return x0_from_eps(Schedule.from_alpha_bar([a]), x_t, t0, -math.sqrt(1 - a) * score)
+
+    assert "correct" in ex.check_tweedie(tweedie_by_library)
+    assert "correct" in ex.check_langevin_update(langevin_update)
+
+
+def test_tweedie_rejects_a_missing_division_by_sqrt_alpha_bar():
+    with pytest.raises(CheckFailed, match=r"tweedie \(alpha_bar = 0\.98\).*then divide by sqrt\(ab\)"):
+        ex.check_tweedie(lambda x_t, a, s: x_t + (1 - a) * s)

@@ -33,6 +33,21 @@ def test_cfg_eps():
         E.check_cfg_eps(lambda c, u, w: 1 / 0)
 
 
+def test_cfg_eps_names_w_instead_of_one_plus_w():
+    with pytest.raises(CheckFailed, match=r"cfg_eps at w = 3\.0.*w instead of 1 \+ w"):
+        E.check_cfg_eps(lambda c, u, w: w * c - w * u)
+
+
+def test_cfg_eps_checker_accepts_the_library_rule():
+    from ddpm_tutor.guidance import cfg_model
+
+    def library_cfg(c, u, w):  # cfg_model driven by a fake network: eps_cond for labels, eps_uncond for the null label
+        fake = lambda x, t, y: torch.cat([c, u]) if len(y) == 2 * len(c) else c  # noqa: E731
+        return cfg_model(fake, 0, w, null_label=3)(c, torch.zeros(len(c), dtype=torch.long))
+
+    assert "correct" in E.check_cfg_eps(library_cfg)
+
+
 def test_cfg_eps_agrees_with_the_library():
     from ddpm_tutor.guidance import cfg_model
 

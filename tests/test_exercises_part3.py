@@ -43,3 +43,17 @@ def test_wrong_answers_are_caught():
         ex.check_guided_eps(lambda c, u, w: w * c + (1 - w) * u)
     with pytest.raises(CheckFailed, match="raised"):
         ex.check_guided_eps(lambda c, u, w: c.no_such_method())
+
+
+@pytest.mark.parametrize(
+    "check,wrong,where",
+    [
+        (ex.check_resblock_params, lambda i, o, e: 9 * i * o + 9 * o * o, r"resblock_params\(32, 32, 128\)"),
+        (ex.check_ddim_step, lambda ab, abp, x, e: abp.sqrt() * x, r"ddim_step \(t index 999 -> 949\)"),
+        (ex.check_guided_eps, lambda c, u, w: c + w * u, r"guided_eps \(w = 1\.0\)"),
+    ],
+)
+def test_other_wrong_answers_are_caught(check, wrong, where):
+    # the weights of the two 3x3 convolutions alone; x_prev without the eps direction; eps_c + w eps_u
+    with pytest.raises(CheckFailed, match=where):
+        check(wrong)

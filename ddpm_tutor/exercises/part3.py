@@ -1,10 +1,6 @@
 """Self-checks for Part III (images): the U-Net's residual block, DDIM, bits/dim, classifier-free guidance.
 
-Each ``check_*`` function takes the learner's function, runs it on a few cases and compares the result
-with the library's reference. It prints a success line (and returns it), prints a "not attempted yet"
-line when the function still raises ``NotImplementedError`` (and returns ``None``), and raises
-:class:`~ddpm_tutor.exercises.CheckFailed` naming the first case that goes wrong otherwise, with a hint
-when the answer matches a known mistake.
+Every ``check_*`` here follows the protocol of :mod:`ddpm_tutor.exercises`.
 """
 
 from __future__ import annotations
