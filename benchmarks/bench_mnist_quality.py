@@ -1,7 +1,7 @@
 """Sample quality of the MNIST U-Net against training CPU time (a printed table, never pass/fail).
 
 Trains the book's MNIST recipe (the shipped model's: `python -m ddpm_tutor train mnist --conditional`,
-settings from ddpm_tutor/cli.py TRAIN_DEFAULTS["mnist"]) and, every --every steps, draws --n unconditional
+settings from TrainConfig.mnist() in ddpm_tutor/train.py) and, every --every steps, draws --n unconditional
 digits (null label) with DDIM (eta = 0, --ddim-steps steps) from the EMA weights and measures them with the
 package's digit classifier: mean confidence, class balance (entropy / log 10), and the Frechet distance of
 its penultimate features to the 500 offline test digits (with the real-digit floor at the same n).
@@ -36,7 +36,6 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     from ddpm_tutor.classifier import features, frechet_distance, gaussian_stats, load_digit_classifier, sample_quality
-    from ddpm_tutor.cli import TRAIN_DEFAULTS
     from ddpm_tutor.data.images import load_mnist
     from ddpm_tutor.diffusion import Denoiser
     from ddpm_tutor.models.unet import UNet, UNetConfig
@@ -46,10 +45,8 @@ def main(argv=None) -> int:
 
     x, y = load_mnist(train=True)
     x_test, _ = load_mnist(train=False)
-    recipe = dict(TRAIN_DEFAULTS["mnist"])
-    if args.steps:
-        recipe["steps"] = args.steps
-    cfg = TrainConfig(**recipe, seed=args.seed, p_uncond=0.1)
+    cfg = TrainConfig.mnist(seed=args.seed, p_uncond=0.1, **({"steps": args.steps} if args.steps else {}))
+    recipe = cfg
     torch.manual_seed(args.seed)
     model = UNet(UNetConfig.mnist(num_classes=10))
     trainer = Trainer(

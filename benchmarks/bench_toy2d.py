@@ -17,7 +17,6 @@ import time
 
 import torch
 
-from ddpm_tutor.cli import TRAIN_DEFAULTS
 from ddpm_tutor.data import toy2d
 from ddpm_tutor.diffusion import Denoiser
 from ddpm_tutor.metrics import compare_to_data
@@ -42,8 +41,8 @@ def train_to_floor(args) -> list[tuple]:
     sched = Schedule.linear()
     data = toy2d("moons", 50_000, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    model = MLPDenoiser()
-    cfg = TrainConfig(**{**TRAIN_DEFAULTS["toy2d"], "steps": args.max_steps})  # the CLI's recipe, longer
+    model = MLPDenoiser(hidden=96)  # the width `train toy2d` uses by default
+    cfg = TrainConfig.toy2d(steps=args.max_steps)  # the CLI's recipe, longer
     trainer = Trainer(model, sched, data, cfg, device="cpu")
     rows, train_time = [], 0.0
     for target in args.eval_at:
@@ -76,7 +75,7 @@ def train_to_floor(args) -> list[tuple]:
 
 def overhead(args) -> list[tuple]:
     sched = Schedule.linear()
-    model = MLPDenoiser().eval()
+    model = MLPDenoiser(hidden=96).eval()  # the width `train toy2d` uses by default
     rows = []
     for name, n_calls, run in (
         (
@@ -129,7 +128,8 @@ def main():
                 f"| {name}, n={args.n}: sampler / bare forward passes | {run_s:.3f} s / {bare_s:.3f} s = {ratio:.3f} |"
             )
         return
-    print(f"training to 1.5x the noise floor (two moons, MLP 125k params, recipe {TRAIN_DEFAULTS['toy2d']}):")
+    n_params = sum(p.numel() for p in MLPDenoiser(hidden=96).parameters())
+    print(f"training to 1.5x the noise floor (two moons, MLP {n_params:,} params, recipe {TrainConfig.toy2d()}):")
     rows = train_to_floor(args)
     reached = [r for r in rows if max(r[2:]) <= 1.5]
     print("| result | value |\n|---|---|")

@@ -3,7 +3,7 @@
 Two trainings run side by side, each in its own process with one thread (one core each on a 2-core CPU):
 
 * ours: the package's own command, ``python -m ddpm_tutor train mnist --conditional`` (the recipe of the
-  shipped checkpoint, ``TRAIN_DEFAULTS["mnist"]`` in ddpm_tutor/cli.py);
+  shipped checkpoint, ``TrainConfig.mnist()`` in ddpm_tutor/train.py);
 * baseline: diffusers' ``UNet2DModel`` (block_out_channels (32, 64, 64), one layer per block, attention
   at 7x7, about 1.1M parameters) trained as diffusers' own unconditional example does: ``DDPMScheduler
   .add_noise``, MSE on the noise, gradient clipping at 1.0, an ``EMAModel`` of the weights (warm-up power
@@ -403,7 +403,7 @@ def evaluate(
             value, se = float(r["total"].mean()), r["se"]  # over the drawn steps and the digits
             results[f"{name}|bpd"] = {"bpd": value, "se": se, "n": bpd_n, "terms": bpd_terms}
             print(f"{name}: {value:.3f} +- {se:.3f} bits/dim", flush=True)
-        results_path.write_text(json.dumps(results, indent=1))
+            results_path.write_text(json.dumps(results, indent=1))  # after each model: a long run may be stopped
 
 
 def read_results(out: Path) -> dict:
@@ -445,19 +445,24 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
-def export(out: Path, dest: Path) -> None:
-    """The numbers the book and the model card quote, by role: {"ours" | "diffusers_ema" | "diffusers_raw" |
-    "real": {sampler or "bpd": axes}} for our conditional model and the baseline after its last step."""
+def export(out: Path, dest: Path, legs: dict[str, str]) -> None:
+    """The numbers the book and the model card quote, by role: {role | "diffusers_ema" | "diffusers_raw" |
+    "peer_ema" | "peer_raw" | "real": {sampler or "bpd": axes}}. ``legs`` maps each role of ours to its run
+    folder, e.g. {"ours": "ours", "ours_eps": "ours_eps"} ("ours" is the shipped model); the diffusers
+    baseline is taken after its last step."""
     from ddpm_tutor.checkpoint import write_atomic
 
     results = read_results(out)
     last = max(BASELINE["eval_at"])
-    roles = {
-        "ours": lambda k: k.startswith("ours (") and "y ~ U" in k,
-        "ours_eps": lambda k: k.startswith("ours_eps (") and "y ~ U" in k,
-        "diffusers_ema": lambda k: f"({last} steps" in k and "EMA" in k,
-        "diffusers_raw": lambda k: f"({last} steps" in k and "raw weights" in k,
-    }
+    roles = {role: (lambda k, leg=leg: k.startswith(f"{leg} (") and "y ~ U" in k) for role, leg in legs.items()}
+    roles.update(
+        {
+            "diffusers_ema": lambda k: f"({last} steps" in k and "EMA" in k and k.startswith("diffusers"),
+            "diffusers_raw": lambda k: f"({last} steps" in k and "raw weights" in k and k.startswith("diffusers"),
+            "peer_ema": lambda k: k.startswith("denoising-diffusion-pytorch") and "EMA" in k,
+            "peer_raw": lambda k: k.startswith("denoising-diffusion-pytorch") and "raw weights" in k,
+        }
+    )
     shipped = {"_meta": {**results["_meta"], "models": {}}}
     for key, value in results.items():
         name, _, what = key.partition("|")
@@ -482,7 +487,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--only",
-        choices=["ours", "ours_uncond", "diffusers", "peer", "evaluate", "table"],
+        choices=["ours", "ours_uncond", "diffusers", "peer", "evaluate", "table", "export"],
         default=None,
         help="one training leg; evaluate (the saved runs again); table (print results.json)",
     )
@@ -496,6 +501,11 @@ def main(argv=None) -> int:
     p.add_argument("--bpd-n", dest="bpd_n", type=int, default=100, help="test digits for bits/dim (0: skip)")
     p.add_argument("--bpd-terms", dest="bpd_terms", type=int, default=50, help="terms of the bound drawn")
     p.add_argument("--export", default=None, help="also copy results.json here (the shipped model's numbers)")
+    p.add_argument(
+        "--roles",
+        default="ours=ours,ours_eps=ours_eps",
+        help="with --export: role=run folder pairs for our models (role ours is the shipped model)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads for the evaluation")
     p.add_argument("--_leg", default=None, help=argparse.SUPPRESS)
@@ -509,6 +519,9 @@ def main(argv=None) -> int:
         return 0
     if args.only == "table":
         print(table(out))
+        return 0
+    if args.only == "export":  # the saved results, by role, to --export
+        export(out, Path(args.export), dict(pair.split("=") for pair in args.roles.split(",")))
         return 0
     out.mkdir(parents=True, exist_ok=True)
     print(f"# {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
@@ -566,9 +579,18 @@ def main(argv=None) -> int:
         for leg, measured in timed_legs(legs, out).items():  # one file per leg: legs may end at the same time
             (out / f"time_{leg}.json").write_text(json.dumps(measured, indent=1))
     torch.set_num_threads(args.threads)
-    evaluate(out, args.n, args.n_ddpm, args.samplers.split(","), args.seed, args.bpd_n, args.bpd_terms, args.models)
+    evaluate(
+        out,
+        args.n,
+        args.n_ddpm,
+        [s for s in args.samplers.split(",") if s],
+        args.seed,
+        args.bpd_n,
+        args.bpd_terms,
+        args.models,
+    )
     if args.export:
-        export(out, Path(args.export))
+        export(out, Path(args.export), dict(pair.split("=") for pair in args.roles.split(",")))
         print(f"wrote {args.export}")
     return 0
 

@@ -65,7 +65,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)  # mkstemp makes the file private (0600); give it the mode a plain open() would
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -95,14 +95,16 @@ def test_cli_train_mnist_two_steps(tmp_path):
 
 
 def test_shipped_mnist_model_is_the_recipe_its_card_names():
-    """The shipped file was made by `train mnist --conditional` with TRAIN_DEFAULTS["mnist"], ran all of its
-    steps, and its model card states that step count."""
-    from ddpm_tutor.cli import TRAIN_DEFAULTS
+    """The shipped file was made by `train mnist --conditional` with the recipe TrainConfig.mnist(), ran all of
+    its steps, and its model card states that step count."""
+    from dataclasses import asdict
+
+    from ddpm_tutor.train import TrainConfig
 
     _, _, meta = load_pretrained("mnist", device="cpu")
-    recipe = TRAIN_DEFAULTS["mnist"]
-    assert {k: meta["train_config"][k] for k in recipe} == recipe
-    assert meta["train_config"]["p_uncond"] == 0.1 and meta["step"] == recipe["steps"] == len(meta["losses"])
+    recipe = asdict(TrainConfig.mnist(seed=0, p_uncond=0.1))
+    assert meta["train_config"] == recipe
+    assert meta["step"] == recipe["steps"] == len(meta["losses"])
     card = (CHECKPOINT_DIR / "mnist_unet.md").read_text()
     assert f"{meta['step']:,} steps" in card
 

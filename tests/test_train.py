@@ -166,3 +166,17 @@ def test_bf16_autocast_step_tracks_float32():
         assert p.dtype == torch.float32
     losses = tr16.run(progress=False)
     assert sum(losses[-10:]) < sum(losses[:10]), losses  # it still trains
+
+
+def test_checkpoints_get_the_permissions_of_a_plain_file(tmp_path):
+    """write_atomic's temp file is private (mkstemp: 0600); the finished checkpoint gets 0666 minus the umask,
+    as torch.save to a path would give it, so a shared run folder stays readable."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint({"a": torch.ones(1)}, tmp_path / "c.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
