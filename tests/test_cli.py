@@ -12,28 +12,16 @@ from ddpm_tutor.data import images
 from ddpm_tutor.samplers import ddpm_sample
 from ddpm_tutor.train import load_model
 
+# a tiny 2-D run: a few seconds
+TINY_TOY = ["toy2d", "--dataset", "8gaussians", "--n-data", "500", "--hidden", "16", "--T", "50", "--quiet"]
+
 
 def run(*args, cwd):
     return subprocess.run([sys.executable, "-m", "ddpm_tutor", *args], cwd=cwd, capture_output=True, text=True)
 
 
 def test_train_sample_evaluate_toy2d(tmp_path):
-    r = run(
-        "train",
-        "toy2d",
-        "--dataset",
-        "8gaussians",
-        "--steps",
-        "30",
-        "--n-data",
-        "500",
-        "--hidden",
-        "16",
-        "--T",
-        "50",
-        "--quiet",
-        cwd=tmp_path,
-    )
+    r = run("train", *TINY_TOY, "--steps", "30", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     ckpt = tmp_path / "runs" / "8gaussians" / "checkpoint.pt"
     assert load_checkpoint(ckpt)["step"] == 30
@@ -46,23 +34,7 @@ def test_train_sample_evaluate_toy2d(tmp_path):
     # an existing run is never overwritten silently; --resume continues it
     r = run("train", "toy2d", "--dataset", "8gaussians", "--steps", "30", "--quiet", cwd=tmp_path)
     assert r.returncode != 0 and "--resume" in r.stderr
-    r = run(
-        "train",
-        "toy2d",
-        "--dataset",
-        "8gaussians",
-        "--steps",
-        "40",
-        "--n-data",
-        "500",
-        "--hidden",
-        "16",
-        "--T",
-        "50",
-        "--quiet",
-        "--resume",
-        cwd=tmp_path,
-    )
+    r = run("train", *TINY_TOY, "--steps", "40", "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert load_checkpoint(ckpt)["step"] == 40
 
@@ -83,30 +55,7 @@ def sample(*args):
 def toy_ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy") / "run"
     with torch.random.fork_rng():  # training seeds the global generator; other tests keep theirs
-        assert (
-            main(
-                [
-                    "train",
-                    "toy2d",
-                    "--dataset",
-                    "8gaussians",
-                    "--steps",
-                    "30",
-                    "--n-data",
-                    "500",
-                    "--hidden",
-                    "16",
-                    "--T",
-                    "50",
-                    "--quiet",
-                    "--device",
-                    "cpu",
-                    "--out",
-                    str(out),
-                ]
-            )
-            == 0
-        )
+        assert main(["train", *TINY_TOY, "--steps", "30", "--device", "cpu", "--out", str(out)]) == 0
     return out / "checkpoint.pt"
 
 
