@@ -176,6 +176,11 @@ def export_weights(
 ) -> Path:
     """Keep what sampling needs from a training checkpoint: EMA weights, model spec, schedule, training
     config, step and loss curve (and ``notes``). Drops the raw weights, optimiser and random state."""
+    if Path(out_path).resolve() == Path(trainer_checkpoint).resolve():
+        # an export keeps no optimiser or raw weights: written over the training checkpoint, it ends the run
+        raise ValueError(
+            f"export_weights would overwrite the training checkpoint {trainer_checkpoint}: choose another out_path"
+        )
     state = read_checkpoint(trainer_checkpoint)
     out = {
         "format": FORMAT,

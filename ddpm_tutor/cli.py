@@ -79,6 +79,11 @@ def cmd_train(args) -> int:
     sched = Schedule.get(args.schedule, args.T)
     out = Path(args.out or f"runs/{args.dataset if args.kind == 'toy2d' else args.kind}")
     ckpt = out / "checkpoint.pt"
+    # refuse before the first step what would fail (or silently restart) only at the end
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {out} is a file, not a folder: choose a folder for the run")
+    if args.resume and not ckpt.exists():
+        raise SystemExit(f"--resume: there is no {ckpt} to continue (check --out); leave out --resume to start a run")
     trainer = Trainer(model, sched, data, cfg, labels=labels, device=args.device or default_device(), model_spec=spec)
     if ckpt.exists():
         if not args.resume:

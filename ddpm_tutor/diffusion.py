@@ -26,6 +26,12 @@ VAR_TYPES = ("fixed_small", "fixed_large")
 
 
 def _check_batch(x: Tensor, t: Tensor) -> None:
+    if isinstance(x, Tensor) and not x.is_floating_point():
+        # sqrt(alpha_bar) * x would be cast to x's integer dtype (uint8 pixels of 200 come out as 0)
+        raise ValueError(
+            f"x must be a floating-point tensor (images scaled to [-1, 1], e.g. x.float() / 127.5 - 1), "
+            f"got dtype {x.dtype}"
+        )
     if not isinstance(x, Tensor) or x.ndim < 1:
         raise ValueError(f"x must be a tensor of shape (B, ...), got {type(x).__name__}")
     batch_steps(t, x.shape[0], batch=f"x of shape {tuple(x.shape)}")
@@ -58,6 +64,8 @@ def q_step(sched: Schedule, x_prev: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     Ho et al. 2020, eq. 2. ``t`` indexes the step being taken (0 for x_0 -> x_1).
     """
     _check_batch(x_prev, t)
+    if eps.shape != x_prev.shape:
+        raise ValueError(f"eps must have the shape of x_prev {tuple(x_prev.shape)}, got {tuple(eps.shape)}")
     beta = sched.at("beta", t, x_prev)
     return (1.0 - beta).sqrt() * x_prev + beta.sqrt() * eps
 

@@ -92,6 +92,8 @@ def diffusion_loss(
     den = as_denoiser(model, sched)
     x_t = q_sample(sched, x0, t, eps)
     out = den.model_out(x_t, t)
+    if out.shape != x_t.shape:  # (B, 1) against (B, 2) would broadcast into a finite, meaningless loss
+        raise ValueError(f"the model's output must have the shape of x_t {tuple(x_t.shape)}, got {tuple(out.shape)}")
     if weighting == "simple":
         return mean_flat((out - target_for(sched, x0, t, eps, den.parameterization)) ** 2)
     _, eps_hat = den.predict(x_t, t, out)

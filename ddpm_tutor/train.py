@@ -76,6 +76,11 @@ class TrainConfig:
             positive_int(getattr(self, name), name)
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        # a negative clip norm flips every gradient (gradient ascent); negative warmup or decay are meaningless
+        for name in ("grad_clip", "warmup", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0 (0 turns it off), got {value!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
         if self.parameterization not in PARAMETERIZATIONS:
