@@ -70,7 +70,17 @@ def cmd_train(args) -> int:
     data, labels, model, spec = (_toy_setup if args.kind == "toy2d" else _mnist_setup)(args)
     over = {
         k: getattr(args, k)
-        for k in ("steps", "batch_size", "lr", "ema_decay", "warmup", "amp", "weighting", "parameterization")
+        for k in (
+            "steps",
+            "batch_size",
+            "lr",
+            "ema_decay",
+            "warmup",
+            "amp",
+            "weighting",
+            "min_snr_gamma",
+            "parameterization",
+        )
         if getattr(args, k, None) is not None
     }
     # the recipes live next to TrainConfig (TrainConfig.toy2d, TrainConfig.mnist); flags override them
@@ -345,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup", type=int, help="steps of learning-rate warmup")
     t.add_argument("--amp", choices=AMP_MODES, help="bfloat16 autocast of the forward pass")
     t.add_argument("--weighting", choices=WEIGHTINGS, help="loss weighting over t (see losses.eps_weight)")
+    t.add_argument(
+        "--min-snr-gamma",
+        dest="min_snr_gamma",
+        type=float,
+        help="gamma of --weighting min_snr (default 5; inf: the eps error unweighted, L_simple)",
+    )
     t.add_argument("--parameterization", choices=PARAMETERIZATIONS, help="what the network predicts")
     t.add_argument(
         "--hidden",

@@ -44,10 +44,13 @@ def eps_weight(
     Since ||eps - eps_hat||^2 = SNR(t) ||x_0 - x0_hat||^2, every weighting is an SNR weighting:
     simple: 1, i.e. the x_0 error weighted by SNR(t) (L_simple, Ho et al. 2020, eq. 14);
     x0: 1/SNR(t), i.e. the plain x_0 error (Turner et al. 2024, sec. 3);
-    min_snr: min(SNR, gamma)/SNR, the x_0 error weighted by min(SNR, gamma) (Hang et al. 2023);
+    min_snr: min(SNR, gamma)/SNR, the x_0 error weighted by min(SNR, gamma) (Hang et al. 2023; gamma = inf is
+    simple);
     vlb: beta_t^2 / (2 sigma_t^2 alpha_t (1 - bar alpha_t)), the true bound's weight (Ho et al. 2020, eq. 12).
     Returns (B, 1, ..., 1).
     """
+    if not (isinstance(min_snr_gamma, (int, float)) and not isinstance(min_snr_gamma, bool) and min_snr_gamma > 0):
+        raise ValueError(f"min_snr_gamma must be a number > 0, got {min_snr_gamma!r}")
     snr = sched.at("snr", t, x)
     if weighting == "simple":
         return torch.ones_like(snr)
@@ -73,6 +76,7 @@ def diffusion_loss(
     weighting: Weighting = "simple",
     t: Tensor | None = None,
     eps: Tensor | None = None,
+    min_snr_gamma: float = 5.0,
 ) -> Tensor:
     """Per-example training loss at a random step (B,): Algorithm 1 of Ho et al. 2020, generalised.
 
@@ -97,7 +101,7 @@ def diffusion_loss(
     if weighting == "simple":
         return mean_flat((out - target_for(sched, x0, t, eps, den.parameterization)) ** 2)
     _, eps_hat = den.predict(x_t, t, out)
-    w = eps_weight(sched, t, x0, weighting)
+    w = eps_weight(sched, t, x0, weighting, min_snr_gamma=min_snr_gamma)
     return mean_flat(w * (eps - eps_hat) ** 2)
 
 

@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 0  # seeds the generator behind batches, t and noise
     parameterization: str = "eps"  # what the network predicts: eps, x0, v or score
     weighting: str = "simple"  # loss weighting over t: simple, x0, min_snr or vlb (see losses.eps_weight)
+    min_snr_gamma: float = 5.0  # gamma of the min_snr weighting (Hang et al. 2023's value; inf: eps's L_simple)
     p_uncond: float = 0.0  # probability of dropping a label to the null class (classifier-free guidance)
     cosine_decay: bool = False  # decay the learning rate to 0 along a cosine after warmup
     # bfloat16 autocast of the forward pass (weights, optimiser, EMA and the loss stay float32): "off", "bf16",
@@ -87,6 +88,9 @@ class TrainConfig:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        gamma = self.min_snr_gamma
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0:
+            raise ValueError(f"min_snr_gamma must be a number > 0 (inf allowed), got {gamma!r}")
         if not 0 <= self.p_uncond < 1:
             raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond!r}")
         if self.amp not in AMP_MODES:
@@ -216,7 +220,9 @@ class Trainer:
         if y is not None:
             model = model.with_labels(y.to(self.device))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            loss = diffusion_loss(model, self.sched, x0, t=t, eps=eps, weighting=c.weighting).mean()
+            loss = diffusion_loss(
+                model, self.sched, x0, t=t, eps=eps, weighting=c.weighting, min_snr_gamma=c.min_snr_gamma
+            ).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"the loss became {loss.item()} at step {self.step}: training stopped. Lower the learning rate "

@@ -76,3 +76,25 @@ def test_cli_resume_of_a_missing_run_and_out_on_a_file_are_refused_before_traini
     r = _train(tmp_path, "--out", "afile")
     assert r.returncode != 0 and "is a file, not a folder" in r.stderr, r.stderr
     assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("gamma", [0, -5.0, True, "5"])
+def test_min_snr_gamma_must_be_positive(gamma):
+    with pytest.raises(ValueError, match="min_snr_gamma must be a number > 0"):
+        TrainConfig(weighting="min_snr", min_snr_gamma=gamma)
+    with pytest.raises(ValueError, match="min_snr_gamma must be a number > 0"):
+        diffusion_loss(
+            lambda x, t: x * 0, Schedule.linear(), torch.randn(4, 2), weighting="min_snr", min_snr_gamma=gamma
+        )
+
+
+def test_min_snr_gamma_inf_is_the_eps_error_unweighted_and_gamma_is_used():
+    sched, x0 = Schedule.linear(), torch.randn(64, 2)
+    t, eps = torch.arange(0, 1000, 1000 // 64)[:64], torch.randn(64, 2)
+    model = lambda x, t: 0.5 * x  # noqa: E731
+    simple = diffusion_loss(model, sched, x0, t=t, eps=eps, weighting="simple")
+    inf = diffusion_loss(model, sched, x0, t=t, eps=eps, weighting="min_snr", min_snr_gamma=float("inf"))
+    torch.testing.assert_close(inf, simple)
+    five = diffusion_loss(model, sched, x0, t=t, eps=eps, weighting="min_snr", min_snr_gamma=5.0)
+    snr = sched.snr[t].float()
+    torch.testing.assert_close(five, simple * (snr.clamp(max=5.0) / snr))
