@@ -5,12 +5,16 @@
 - :func:`step_indices`: integer step indices in 0..T-1 (index i is the paper's step i+1);
 - :func:`image_range`: a finite floating tensor in [-1, 1], the model's range for images (x / 127.5 - 1);
 - :func:`class_labels` and :func:`null_labels`: labels 0..C of a network with C classes, C being the null label
-  ("no label", used by classifier-free guidance).
+  ("no label", used by classifier-free guidance);
+- :func:`real_in_range`: a real number (not a bool, NaN or tensor) in [lo, hi], such as DDIM's eta in [0, 1];
+- :func:`flag`: True or False, nothing else (a string such as "no" is truthy).
 
 Nothing here casts, clips or broadcasts silently: a check returns its input, or says what it does to it.
 """
 
 from __future__ import annotations
+
+import numbers
 
 import torch
 
@@ -98,3 +102,20 @@ def null_labels(B: int, num_classes: int, device=None) -> Tensor:
     """The null label ("no label") of a network with ``num_classes`` classes, which reserves the index
     num_classes for it, for a batch of B: (B,) int64."""
     return torch.full((B,), num_classes, dtype=torch.long, device=device)
+
+
+def real_in_range(value, name: str, lo: float, hi: float, note: str = "") -> float:
+    """Return ``value`` as a float if it is a real number with lo <= value <= hi; bools, NaN, strings and tensors
+    are refused. ``note`` (e.g. " (0 is deterministic DDIM)") follows the range in the message."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not number or not lo <= float(value) <= hi:  # NaN fails both comparisons
+        got = repr(value) if number else f"{type(value).__name__} {value!r}"
+        raise ValueError(f"{name} must be >= {lo:g} and <= {hi:g}{note}, got {got}")
+    return float(value)
+
+
+def flag(value, name: str) -> bool:
+    """Return ``value`` if it is True or False; 0, 1, strings and tensors are refused."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value

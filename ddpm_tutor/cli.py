@@ -22,7 +22,99 @@ import torch
 from .device import default_device
 from .diffusion import PARAMETERIZATIONS
 from .losses import WEIGHTINGS
+from .samplers import SPACINGS
 from .train import AMP_MODES
+
+
+class UsageError(Exception):
+    """A command line that cannot run as asked; main() reports it as argparse does (usage, one line, status 2)."""
+
+
+class _UsageExit(SystemExit):
+    """Exit status 2 whose str() is the message (already on stderr), so that in-process callers of main() see it."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose errors keep their message in the SystemExit (status 2, usage and message on stderr)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        text = f"{self.prog}: error: {message}"
+        print(text, file=sys.stderr)
+        raise _UsageExit(text)
+
+
+# argparse types: a bad value is reported by argparse itself, "error: argument --steps: must be an integer >= 1,
+# got '0'", with exit status 2, instead of failing later with a traceback (or running with it)
+def _int_at_least(least: int):
+    """An argparse type: an integer >= ``least``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {least}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _float_where(expected: str, ok):
+    """An argparse type: a float for which ``ok(value)`` holds, ``expected`` saying which in the message."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan  # nan fails every comparison: refused by every check below
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT = _int_at_least(1)
+NON_NEGATIVE_INT = _int_at_least(0)
+POSITIVE_FINITE = _float_where("a finite number > 0", lambda v: 0 < v < math.inf)
+NON_NEGATIVE_FINITE = _float_where("a finite number >= 0", lambda v: 0 <= v < math.inf)
+POSITIVE_OR_INF = _float_where("a number > 0 (inf allowed)", lambda v: v > 0)
+ZERO_TO_ONE = _float_where("a number in [0, 1]", lambda v: 0 <= v <= 1)
+ZERO_TO_BELOW_ONE = _float_where("a number in [0, 1)", lambda v: 0 <= v < 1)
+
+
+def _check_device(name: str | None) -> None:
+    """Refuse a --device this machine does not have (None, the default, picks one that it has)."""
+    if name is None:
+        return
+    have = ["cpu"]
+    if torch.cuda.is_available():
+        have += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    if torch.backends.mps.is_available():
+        have.append("mps")
+    if name not in have:
+        raise UsageError(f"argument --device: this machine has no device {name!r}; it has {', '.join(have)}")
+
+
+def _flag(dest: str) -> str:
+    """The option of an argparse dest: n_terms -> --n-terms."""
+    return "--" + dest.replace("_", "-")
+
+
+def _refuse_given(args, dests, why: str) -> None:
+    """Refuse the options among ``dests`` the user gave (not None): they do not apply, ``why`` says why."""
+    given = [_flag(d) for d in dests if getattr(args, d, None) is not None]
+    if given:
+        raise UsageError(f"{' and '.join(given)} {'does' if len(given) == 1 else 'do'} not apply {why}")
 
 
 def _one_thread_for_small_models() -> None:
@@ -41,11 +133,16 @@ def _toy_setup(args):
 
     _one_thread_for_small_models()
     if args.dataset not in TOY2D:
-        raise SystemExit(f"--dataset must be one of {', '.join(TOY2D)}, got {args.dataset!r}")
+        raise UsageError(f"--dataset must be one of {', '.join(TOY2D)}, got {args.dataset!r}")
     n_data = 50_000 if args.n_data is None else args.n_data
     data = toy2d(args.dataset, n_data, torch.Generator().manual_seed(args.seed))
     model = MLPDenoiser(MLPConfig(hidden=args.hidden))
-    spec = {"kind": "mlp", "config": model.config_dict(), "data": {"kind": "toy2d", "name": args.dataset}}
+    # n_train too (as for mnist): the points are drawn again from --seed on --resume, and must be as many
+    spec = {
+        "kind": "mlp",
+        "config": model.config_dict(),
+        "data": {"kind": "toy2d", "name": args.dataset, "n_train": n_data},
+    }
     return data, None, model, spec
 
 
@@ -62,44 +159,131 @@ def _mnist_setup(args):
     return x, (y if args.conditional else None), model, spec
 
 
+# The options of `train` that define a run (argparse dests). Each is recorded in the checkpoint: --resume takes
+# those left out from it and refuses any given with another value (the run would no longer be the saved one).
+RUN_OPTIONS = ("dataset", "n_data", "hidden", "conditional", "schedule", "T", "seed")
+CONFIG_OPTIONS = (  # the ones that are TrainConfig fields; left out of a new run, the recipe's values
+    "steps",
+    "batch_size",
+    "lr",
+    "ema_decay",
+    "warmup",
+    "amp",
+    "weighting",
+    "min_snr_gamma",
+    "parameterization",
+)
+# what the other run options default to in a new run (argparse's default is None, to see what the user gave)
+TRAIN_DEFAULTS = dict(dataset="moons", hidden=96, conditional=False, schedule="linear", T=1000, seed=0)
+
+
+def _saved_run(state: dict) -> dict:
+    """The `train` options (dest -> value) of the run saved in a training checkpoint, as far as it records them."""
+    from .train import TrainConfig
+
+    spec, sched = state["model_spec"], state["schedule"]
+    data = spec.get("data", {})
+    cfg = TrainConfig.from_dict(state.get("train_config", {}))
+    run = {k: getattr(cfg, k) for k in (*CONFIG_OPTIONS, "seed")}
+    run.update(kind=data.get("kind"), schedule=sched["name"], T=len(sched["beta"]))
+    if "n_train" in data:  # runs of toy2d saved before it was recorded: their --n-data cannot be checked
+        run["n_data"] = data["n_train"]
+    if data.get("kind") == "toy2d":
+        run.update(dataset=data["name"], hidden=spec["config"]["hidden"], conditional=False)
+    elif data.get("kind") == "mnist":
+        run["conditional"] = spec["config"].get("num_classes") is not None
+    return run
+
+
+def _show(value) -> str:
+    """An option's value for a message (a switch as on/off)."""
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def _refuse_changes(saved: dict, asked: dict) -> None:
+    """Refuse a --resume whose options (dest -> value, those the user gave) differ from the saved run's."""
+    differ = [k for k, v in asked.items() if k in saved and saved[k] != v]
+    if not differ:
+        return
+    listed = ", ".join(f"{_flag(k)} {_show(saved[k])} (saved) vs {_show(asked[k])} (asked)" for k in differ)
+    why = (
+        " (--steps cannot change: the learning rate decays to 0 along a cosine laid out over the run's total steps, "
+        "so a resumed run of other length would not be the run it claims to be)"
+        if "steps" in differ
+        else ""
+    )
+    raise UsageError(
+        f"--resume continues the saved run exactly; these options differ from it: {listed}. Leave them out to "
+        f"continue, or start a new run with another --out{why}"
+    )
+
+
 def cmd_train(args) -> int:
+    from .checkpoint import RESUME_KEYS, read_checkpoint
     from .schedules import Schedule
     from .train import TrainConfig, Trainer
 
-    torch.manual_seed(args.seed)
-    data, labels, model, spec = (_toy_setup if args.kind == "toy2d" else _mnist_setup)(args)
-    over = {
-        k: getattr(args, k)
-        for k in (
-            "steps",
-            "batch_size",
-            "lr",
-            "ema_decay",
-            "warmup",
-            "amp",
-            "weighting",
-            "min_snr_gamma",
-            "parameterization",
-        )
-        if getattr(args, k, None) is not None
-    }
-    # the recipes live next to TrainConfig (TrainConfig.toy2d, TrainConfig.mnist); flags override them
-    recipe = TrainConfig.toy2d if args.kind == "toy2d" else TrainConfig.mnist
-    cfg = recipe(**over, seed=args.seed, p_uncond=0.1 if labels is not None else 0.0)
-    sched = Schedule.get(args.schedule, args.T)
-    out = Path(args.out or f"runs/{args.dataset if args.kind == 'toy2d' else args.kind}")
+    if args.kind == "toy2d":
+        _refuse_given(args, ("conditional",), "to toy2d: only `train mnist` makes a class-conditional model")
+    else:
+        _refuse_given(args, ("dataset", "hidden"), "to mnist: they choose the 2-D data set and the MLP's width")
+    asked = {k: getattr(args, k) for k in (*RUN_OPTIONS, *CONFIG_OPTIONS) if getattr(args, k) is not None}
+    dataset = args.dataset or TRAIN_DEFAULTS["dataset"]
+    out = Path(args.out or f"runs/{dataset if args.kind == 'toy2d' else args.kind}")
     ckpt = out / "checkpoint.pt"
     # refuse before the first step what would fail (or silently restart) only at the end
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"--out {out} is a file, not a folder: choose a folder for the run")
+        raise UsageError(f"--out {out} is a file, not a folder: choose a folder for the run")
     if args.resume and not ckpt.exists():
-        raise SystemExit(f"--resume: there is no {ckpt} to continue (check --out); leave out --resume to start a run")
-    trainer = Trainer(model, sched, data, cfg, labels=labels, device=args.device or default_device(), model_spec=spec)
-    if ckpt.exists():
-        if not args.resume:
-            raise SystemExit(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
-        trainer.load(ckpt)
+        raise UsageError(f"--resume: there is no {ckpt} to continue (check --out); leave out --resume to start a run")
+    if ckpt.exists() and not args.resume:
+        raise UsageError(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
+    state = saved = None
+    if args.resume:
+        try:
+            state = read_checkpoint(ckpt, RESUME_KEYS)
+        except ValueError as err:
+            raise UsageError(f"--resume: {err}") from None
+        saved = _saved_run(state)
+        if saved["kind"] != args.kind:
+            raise UsageError(f"--resume: {ckpt} is a run of {saved['kind'] or 'unrecorded data'}, not of {args.kind}")
+        for k in RUN_OPTIONS + CONFIG_OPTIONS:  # left out: the saved run's own value
+            if getattr(args, k) is None and k in saved:
+                setattr(args, k, saved[k])
+    for k, value in TRAIN_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, value)
+
+    torch.manual_seed(args.seed)
+    data, labels, model, spec = (_toy_setup if args.kind == "toy2d" else _mnist_setup)(args)
+    if saved is not None:
+        # mnist's --n-data beyond the 60,000 digits means all of them: compare what the run would train on
+        _refuse_changes(saved, {**asked, **({"n_data": len(data)} if "n_data" in asked else {})})
+        cfg = TrainConfig.from_dict(state["train_config"])  # the saved run's, down to the fields no option sets
+    else:
+        over = {k: getattr(args, k) for k in CONFIG_OPTIONS if getattr(args, k) is not None}
+        # the recipes live next to TrainConfig (TrainConfig.toy2d, TrainConfig.mnist); options override them
+        recipe = TrainConfig.toy2d if args.kind == "toy2d" else TrainConfig.mnist
+        try:
+            cfg = recipe(**over, seed=args.seed, p_uncond=0.1 if labels is not None else 0.0)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    if "min_snr_gamma" in asked and cfg.weighting != "min_snr":
+        raise UsageError(f"--min-snr-gamma does not apply to --weighting {cfg.weighting}: it is min_snr's gamma")
+    sched = Schedule.get(args.schedule, args.T)
+    try:
+        trainer = Trainer(
+            model, sched, data, cfg, labels=labels, device=args.device or default_device(), model_spec=spec
+        )
+        if state is not None:
+            trainer.load_state_dict(state)
+    except ValueError as err:
+        raise UsageError(f"--resume: {err}" if state is not None else str(err)) from None
+    if state is not None:
         print(f"resumed {ckpt} at step {trainer.step}")
+        if trainer.step >= cfg.steps:
+            print(f"{ckpt} has run all its {cfg.steps} steps: nothing to do (a longer run is a new run, another --out)")
+            return 0
     n_params = sum(p.numel() for p in model.parameters())
     print(
         f"training {spec['kind']} ({n_params:,} parameters) on {args.kind} for {cfg.steps} steps "
@@ -130,7 +314,17 @@ def _draw_samples(model, sched, spec, n, args, device, labels=None, guidance=0.0
         model = cfg_model(model, labels.to(device), guidance, null_label=model_config(spec).num_classes)
     if args.sampler == "ddpm":
         return ddpm_sample(model, sched, shape, generator=g, device=device, var_type=args.var_type, clip_x0=clip)
-    return ddim_sample(model, sched, shape, steps=args.steps, eta=args.eta, generator=g, device=device, clip_x0=clip)
+    return ddim_sample(
+        model,
+        sched,
+        shape,
+        steps=args.steps,
+        eta=args.eta,
+        spacing=args.spacing,
+        generator=g,
+        device=device,
+        clip_x0=clip,
+    )
 
 
 SAMPLE_SUFFIXES = (".png", ".npy", ".pt")
@@ -143,36 +337,55 @@ DDIM_STEPS = 50  # default --steps of `sample` (capped at the model's T)
 def _check_sample_flags(args) -> None:
     """Refuse flags that are wrong whatever the checkpoint, before it is even loaded."""
     if args.out is not None and Path(args.out).suffix.lower() not in SAMPLE_SUFFIXES:
-        raise SystemExit(
+        raise UsageError(
             f"--out must end in .png (a picture), .npy (the raw samples) or .pt (samples, labels and "
             f"settings), got {args.out!r}"
         )
-    if args.n is not None and args.n < 1:
-        raise SystemExit(f"--n must be at least 1, got {args.n}")
-    if not args.eta >= 0:  # also refuses nan
-        raise SystemExit(f"--eta must be >= 0 (0 is deterministic DDIM, 1 is DDPM-like), got {args.eta}")
-    if not (math.isfinite(args.guidance) and args.guidance >= 0):
-        raise SystemExit(
-            f"--guidance must be a finite number >= 0 (0 is the plain conditional model), got {args.guidance}"
-        )
+
+
+def _load(checkpoint, device):
+    """load_model, a missing or foreign file reported as a usage error (no traceback)."""
+    from .checkpoint import load_model
+
+    try:
+        return load_model(checkpoint, device=device)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(f"--checkpoint: {err}") from None
 
 
 def _fill_sample_defaults(args, kind: str, T: int) -> None:
-    """Fill in --n, --sampler and --steps the user left out, by model kind, and check --steps against T."""
+    """Fill in the sampling flags the user left out, by model kind; refuse those the sampler does not use, and
+    --steps beyond T."""
+    default_sampler = args.sampler is None
     for key, value in SAMPLE_DEFAULTS[kind].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    how = f" (the default for {'2-D models' if kind == 'mlp' else 'images'})" if default_sampler else ""
+    if args.sampler == "ddpm":
+        _refuse_given(
+            args,
+            ("steps", "eta", "spacing"),
+            f"to --sampler ddpm{how}, which runs all T steps with no eta: they are for --sampler ddim",
+        )
+    else:
+        _refuse_given(args, ("var_type",), f"to --sampler ddim{how}: its variance is set by --eta")
     if args.steps is None:
         args.steps = min(DDIM_STEPS, T)
+    if args.eta is None:
+        args.eta = 0.0
+    if args.spacing is None:
+        args.spacing = "leading"
+    if args.var_type is None:
+        args.var_type = "fixed_small"
     if args.sampler == "ddim" and not 1 <= args.steps <= T:
-        raise SystemExit(f"--steps must be in 1..{T} (this model's T) for ddim, got {args.steps}")
+        raise UsageError(f"--steps must be in 1..{T} (this model's T) for ddim, got {args.steps}")
 
 
 def _sample_labels(arg, num_classes, n: int, seed: int, checkpoint) -> torch.Tensor | None:
     """The (n,) int64 labels asked for by --labels (None for an unconditional model)."""
     if num_classes is None:
         if arg is not None:
-            raise SystemExit(
+            raise UsageError(
                 f"--labels needs a class-conditional model, but {checkpoint} is unconditional "
                 f"(`train mnist --conditional` makes a conditional one)"
             )
@@ -187,7 +400,7 @@ def _sample_labels(arg, num_classes, n: int, seed: int, checkpoint) -> torch.Ten
     except ValueError:
         label = None
     if label is None or not 0 <= label < num_classes:
-        raise SystemExit(f"--labels must be a class 0..{num_classes - 1} or 'uniform', got {arg!r}")
+        raise UsageError(f"--labels must be a class 0..{num_classes - 1} or 'uniform', got {arg!r}")
     return torch.full((n,), label, dtype=torch.long)
 
 
@@ -232,7 +445,11 @@ def _write_samples(out: Path, x, labels, meta: dict, spec, args) -> None:
 
 
 def _describe(args, sched, labels, num_classes) -> str:
-    steps = f"{args.steps} DDIM steps, eta {args.eta:g}" if args.sampler == "ddim" else f"{sched.T} steps"
+    steps = (
+        f"{args.steps} DDIM steps ({args.spacing} spacing), eta {args.eta:g}"
+        if args.sampler == "ddim"
+        else f"{sched.T} steps"
+    )
     if labels is None:
         return f"{args.n} samples by {args.sampler} ({steps}), unconditional"
     which = (
@@ -244,19 +461,20 @@ def _describe(args, sched, labels, num_classes) -> str:
 
 
 def cmd_sample(args) -> int:
-    from .checkpoint import load_model, model_config
+    from .checkpoint import model_config
 
     _check_sample_flags(args)
     device = torch.device(args.device) if args.device else default_device()
-    model, sched, state = load_model(args.checkpoint, device=device)
+    model, sched, state = _load(args.checkpoint, device)
     spec = state["model_spec"]
     if spec["kind"] == "mlp":
         _one_thread_for_small_models()
     _fill_sample_defaults(args, spec["kind"], sched.T)
     num_classes = model_config(spec).num_classes
     labels = _sample_labels(args.labels, num_classes, args.n, args.seed, args.checkpoint)
-    if args.guidance > 0 and labels is None:
-        raise SystemExit(f"--guidance needs a class-conditional model, but {args.checkpoint} is unconditional")
+    if args.guidance is not None and labels is None:
+        raise UsageError(f"--guidance needs a class-conditional model, but {args.checkpoint} is unconditional")
+    args.guidance = 0.0 if args.guidance is None else args.guidance
     out = Path(args.out or Path(args.checkpoint).with_name(f"samples_{args.sampler}.png"))
     t0 = time.perf_counter()
     x = _draw_samples(model, sched, spec, args.n, args, device, labels=labels, guidance=args.guidance).cpu()
@@ -267,6 +485,7 @@ def cmd_sample(args) -> int:
         "sampler": args.sampler,
         "steps": args.steps if ddim else sched.T,
         "eta": args.eta if ddim else None,
+        "spacing": args.spacing if ddim else None,
         "var_type": None if ddim else args.var_type,
         "guidance": args.guidance,
         "seed": args.seed,
@@ -278,27 +497,25 @@ def cmd_sample(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .checkpoint import load_model
-
-    for flag in ("n", "sets", "references"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise SystemExit(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     device = torch.device(args.device) if args.device else default_device()
-    model, sched, state = load_model(args.checkpoint, device=device)
+    model, sched, state = _load(args.checkpoint, device)
     spec = state["model_spec"]
     if spec["kind"] == "mlp":
+        _refuse_given(args, ("n_terms",), f"to a 2-D model ({args.checkpoint}): it sets bits/dim, for image models")
         _one_thread_for_small_models()
         from .data import checkerboard_off_fraction, toy2d
         from .metrics import compare_to_data
 
-        n = 2000 if args.n is None else args.n
+        _fill_sample_defaults(args, "mlp", sched.T)
+        sets = 5 if args.sets is None else args.sets
+        references = 5 if args.references is None else args.references
         # several independent sets of samples: one set's luck (e.g. its split between the moons) moves the
         # distances as much as the model's errors do, and more reference draws cannot average that away
         xs = [
-            _draw_samples(model, sched, spec, n, args, device, seed=args.seed + 100 * k).cpu() for k in range(args.sets)
+            _draw_samples(model, sched, spec, args.n, args, device, seed=args.seed + 100 * k).cpu() for k in range(sets)
         ]
         name = spec["data"]["name"]
-        r = compare_to_data(xs, lambda n, g: toy2d(name, n, g), seed=args.seed, references=args.references)
+        r = compare_to_data(xs, lambda n, g: toy2d(name, n, g), seed=args.seed, references=references)
         print(
             f"n={r['n']} sampler={args.sampler}, mean over {r['sets']} sample sets x {r['references']} data "
             f"draws: sliced Wasserstein {r['sliced_wasserstein']:.4f} (data-vs-data floor {r['sw_floor']:.4f}, "
@@ -312,69 +529,91 @@ def cmd_evaluate(args) -> int:
     from .data.images import load_mnist
     from .losses import bits_per_dim
 
+    _refuse_given(
+        args,
+        ("sampler", "steps", "eta", "spacing", "sets", "references"),
+        f"to an image model ({args.checkpoint}): its bits/dim draws no samples",
+    )
+    T = sched.T
+    if args.n_terms is not None and not min(2, T) <= args.n_terms <= T:
+        raise UsageError(f"--n-terms must be in {min(2, T)}..{T} (this model's T) for bits/dim, got {args.n_terms}")
+    var_type = "fixed_small" if args.var_type is None else args.var_type
     x, _ = load_mnist(train=False)
     x = x[: 5000 if args.n is None else args.n].to(device)
     r = bits_per_dim(
         model,
         sched,
         x,
-        var_type=args.var_type,
+        var_type=var_type,
         n_terms=args.n_terms,
         generator=torch.Generator().manual_seed(args.seed),
     )
     terms = "all" if args.n_terms is None else args.n_terms
     print(
-        f"bits/dim on {len(x)} test images ({terms} of {sched.T} terms, var_type={args.var_type}): "
+        f"bits/dim on {len(x)} test images ({terms} of {T} terms, var_type={var_type}): "
         f"{r['total'].mean():.3f} +- {r['se']:.3f} (standard error over the images and the drawn steps)"
     )
     return 0
 
 
+RESUME_HELP = (
+    "continue the run in --out exactly, to its saved --steps: options left out take its values; one given with "
+    "another value is refused, --steps too (the lr's cosine decay is laid out over them)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m ddpm_tutor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    # default=None for every option whose default depends on something (the recipe, the model, a resumed run) or
+    # that may not apply: None says "not given", and the commands fill in the defaults the help texts state
+    p = _Parser(prog="python -m ddpm_tutor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model (progress bar, EMA, checkpoints, --resume)")
     t.add_argument("kind", choices=["toy2d", "mnist"])
-    t.add_argument("--dataset", default="moons", help="toy2d: moons, swiss_roll, 8gaussians or checkerboard")
-    t.add_argument("--out", help="run folder (default runs/<dataset>)")
-    t.add_argument("--steps", type=int)
-    t.add_argument("--batch-size", dest="batch_size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--schedule", default="linear", choices=["linear", "cosine"])
-    t.add_argument("--T", type=int, default=1000)
+    t.add_argument("--dataset", help="toy2d: moons (the default), swiss_roll, 8gaussians or checkerboard")
+    t.add_argument("--out", help="run folder (default runs/<dataset>, or runs/mnist)")
+    t.add_argument("--steps", type=POSITIVE_INT, help="optimiser steps in total (default: the recipe's)")
+    t.add_argument("--batch-size", dest="batch_size", type=POSITIVE_INT, help="default: the recipe's")
+    t.add_argument("--lr", type=POSITIVE_FINITE, help="peak learning rate (default: the recipe's)")
+    t.add_argument("--schedule", choices=["linear", "cosine"], help="noise schedule (default linear)")
+    t.add_argument("--T", type=POSITIVE_INT, help="diffusion steps (default 1000)")
     t.add_argument(
         "--n-data",
         dest="n_data",
-        type=int,
+        type=POSITIVE_INT,
         default=None,
         help="toy2d: points in the training set (default 50,000); mnist: use only the first N digits",
     )
-    t.add_argument("--ema-decay", dest="ema_decay", type=float, help="EMA decay of the weights")
-    t.add_argument("--warmup", type=int, help="steps of learning-rate warmup")
+    t.add_argument("--ema-decay", dest="ema_decay", type=ZERO_TO_BELOW_ONE, help="EMA decay of the weights, in [0, 1)")
+    t.add_argument("--warmup", type=NON_NEGATIVE_INT, help="steps of learning-rate warmup (0: none)")
     t.add_argument("--amp", choices=AMP_MODES, help="bfloat16 autocast of the forward pass")
     t.add_argument("--weighting", choices=WEIGHTINGS, help="loss weighting over t (see losses.eps_weight)")
     t.add_argument(
         "--min-snr-gamma",
         dest="min_snr_gamma",
-        type=float,
+        type=POSITIVE_OR_INF,
         help="gamma of --weighting min_snr (default 5; inf: the eps error unweighted, L_simple)",
     )
     t.add_argument("--parameterization", choices=PARAMETERIZATIONS, help="what the network predicts")
     t.add_argument(
         "--hidden",
-        type=int,
-        default=96,
+        type=POSITIVE_INT,
         help="toy2d: MLP width (default 96: as good as 128 on two moons at about 60%% of the time per step)",
     )
-    t.add_argument("--conditional", action="store_true", help="mnist: class-conditional with label dropout")
-    t.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=1000)
-    t.add_argument("--resume", action="store_true")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device")
+    t.add_argument(
+        "--conditional", action="store_true", default=None, help="mnist: class-conditional with label dropout"
+    )
+    t.add_argument(
+        "--checkpoint-every",
+        dest="checkpoint_every",
+        type=NON_NEGATIVE_INT,
+        default=1000,
+        help="save every N steps (default 1000; 0: only at the end)",
+    )
+    t.add_argument("--resume", action="store_true", help=RESUME_HELP)
+    t.add_argument("--seed", type=int, help="default 0")
+    t.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when there is one, else cpu)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=cmd_train, parser=t)
     for name, func, helptext in (
         (
             "sample",
@@ -387,7 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--checkpoint", required=True)
         if name == "sample":  # defaults by model kind, filled in once the checkpoint is loaded
             s.add_argument(
-                "--n", type=int, default=None, help="number of samples (default: 2000 for 2-D models, 64 for images)"
+                "--n",
+                type=POSITIVE_INT,
+                default=None,
+                help="number of samples (default: 2000 for 2-D models, 64 for images)",
             )
             s.add_argument(
                 "--sampler",
@@ -397,37 +639,59 @@ def build_parser() -> argparse.ArgumentParser:
                 "all T steps (T = 1000 unless trained with another --T: hours for thousands "
                 "of digits on a CPU)",
             )
-            s.add_argument(
-                "--steps",
-                type=int,
-                default=None,
-                help=f"DDIM steps (default {DDIM_STEPS}, or the model's T if smaller)",
-            )
         else:
             s.add_argument(
                 "--n",
-                type=int,
+                type=POSITIVE_INT,
                 default=None,
                 help="2-D: samples per set (default 2000); images: test images for bits/dim (default "
                 "5000, or all there are)",
             )
-            s.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
-            s.add_argument("--steps", type=int, default=50, help="DDIM steps")
-        s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-        s.add_argument("--var-type", dest="var_type", default="fixed_small", choices=["fixed_small", "fixed_large"])
-        s.add_argument("--n-terms", dest="n_terms", type=int, default=None, help="bits/dim: Monte Carlo terms")
+            s.add_argument("--sampler", default=None, choices=["ddpm", "ddim"], help="2D: default ddpm")
+        s.add_argument(
+            "--steps",
+            type=POSITIVE_INT,
+            default=None,
+            help=f"--sampler ddim only: DDIM steps (default {DDIM_STEPS}, or the model's T if smaller)",
+        )
+        s.add_argument(
+            "--eta",
+            type=ZERO_TO_ONE,
+            help="--sampler ddim only: DDIM eta in [0, 1] (default 0, deterministic; 1 is DDPM-like)",
+        )
+        s.add_argument(
+            "--spacing",
+            choices=SPACINGS,
+            help="--sampler ddim only: which steps DDIM visits (default leading: every T/steps-th from 0; "
+            "quadratic: Song et al.'s CIFAR-10 spacing, dense at low noise; trailing: from T-1 down)",
+        )
+        s.add_argument(
+            "--var-type",
+            dest="var_type",
+            choices=["fixed_small", "fixed_large"],
+            help="--sampler ddpm (and bits/dim) only: the reverse variance (default fixed_small)",
+        )
         if name == "evaluate":
             s.add_argument(
-                "--references", type=int, default=5, help="2D: independent data draws each sample set is compared with"
+                "--n-terms",
+                dest="n_terms",
+                type=POSITIVE_INT,
+                default=None,
+                help="images only: Monte Carlo terms of bits/dim (default: all T)",
+            )
+            s.add_argument(
+                "--references",
+                type=POSITIVE_INT,
+                help="2D: independent data draws each sample set is compared with (default 5)",
             )
             s.add_argument(
                 "--sets",
-                type=int,
-                default=5,
-                help="2D: independent sets of samples (seeds --seed + 100 k) the distances are averaged over",
+                type=POSITIVE_INT,
+                help="2D: independent sets of samples (seeds --seed + 100 k) the distances are averaged over "
+                "(default 5)",
             )
         s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--device")
+        s.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when there is one, else cpu)")
         if name == "sample":
             s.add_argument(
                 "--out",
@@ -444,18 +708,22 @@ def build_parser() -> argparse.ArgumentParser:
             )
             s.add_argument(
                 "--guidance",
-                type=float,
-                default=0.0,
-                help="classifier-free guidance scale w >= 0 (Ho & Salimans 2022): eps = (1 + w) "
-                "eps(x, y) - w eps(x, no label); 0 (the default) is the plain conditional model",
+                type=NON_NEGATIVE_FINITE,
+                default=None,
+                help="class-conditional models only: classifier-free guidance scale w >= 0 (Ho & Salimans 2022): "
+                "eps = (1 + w) eps(x, y) - w eps(x, no label); 0 (the default) is the plain conditional model",
             )
-        s.set_defaults(func=func)
+        s.set_defaults(func=func, parser=s)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        _check_device(args.device)
+        return args.func(args)
+    except UsageError as err:  # a command line that cannot run as asked: one line and status 2, as argparse does
+        args.parser.error(str(err))
 
 
 if __name__ == "__main__":

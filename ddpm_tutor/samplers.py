@@ -10,13 +10,15 @@ does one update given the network output and the noise, so it can be checked aga
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .checks import batch_steps, positive_int, step_indices
-from .diffusion import Parameterization, VarType, as_denoiser, p_from_prediction, to_x0_eps
+from .checks import batch_steps, flag, positive_int, real_in_range, step_indices
+from .diffusion import VAR_TYPES, Parameterization, VarType, as_denoiser, p_from_prediction, to_x0_eps
 from .schedules import Schedule
 
 Tensor = torch.Tensor
@@ -52,8 +54,59 @@ def _noise(shape, generator, device, dtype) -> Tensor:
 
 
 def _check_x_T(x_T: Tensor | None, shape: Sequence[int]) -> None:
-    if x_T is not None and tuple(x_T.shape) != tuple(shape):
+    if x_T is None:
+        return
+    if not torch.is_tensor(x_T) or not x_T.is_floating_point():
+        got = f"dtype {x_T.dtype}" if torch.is_tensor(x_T) else type(x_T).__name__
+        raise ValueError(f"x_T must be a floating-point tensor of shape {tuple(shape)}, got {got}")
+    if tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T must have the shape {tuple(shape)}, got {tuple(x_T.shape)}")
+
+
+def _check_noise(noise, x_t: Tensor) -> None:
+    # one draw per sample: noise of shape (1, ...) would broadcast and give every sample the same noise
+    if not torch.is_tensor(noise) or not noise.is_floating_point() or noise.shape != x_t.shape:
+        got = f"shape {tuple(noise.shape)} and dtype {noise.dtype}" if torch.is_tensor(noise) else type(noise).__name__
+        raise ValueError(
+            f"noise must be a floating-point tensor of exactly the shape of x_t {tuple(x_t.shape)}, one draw per "
+            f"sample (it is not broadcast), got {got}"
+        )
+
+
+_ETA_NOTE = " (Song et al. 2021: 0 is deterministic DDIM, 1 is DDPM-like)"
+
+
+def _span(v: Tensor) -> str:
+    lo, hi = (int(a) for a in torch.aminmax(v))
+    return str(lo) if lo == hi else f"{lo}..{hi}"
+
+
+def _check_t_prev(t_prev, t: Tensor, T: int, B: int, eta: float) -> Tensor:
+    """t_prev as a tensor on t's device: one step index or (B,) of them in -1..T-1, each below t when eta > 0 and
+    never equal to it."""
+    t_prev = torch.as_tensor(t_prev, device=t.device)
+    integer = not (t_prev.is_floating_point() or t_prev.is_complex() or t_prev.dtype == torch.bool)
+    if not integer or (t_prev.ndim and t_prev.shape != (B,)):
+        raise ValueError(
+            f"t_prev must be one integer step index or a tensor of shape ({B},) of them, in -1..{T - 1} "
+            f"(-1 means the step to x_0), got dtype {t_prev.dtype} and shape {tuple(t_prev.shape)}"
+        )
+    out_of_range = (t_prev < -1) | (t_prev > T - 1)
+    wrong_way = (t_prev >= t) if eta > 0 else (t_prev == t)
+    if not t_prev.numel() or not bool((out_of_range | wrong_way).any()):  # one sync: this runs at every step
+        return t_prev
+    if bool(out_of_range.any()):
+        raise ValueError(f"t_prev must lie in -1..{T - 1} (-1 means the step to x_0), got {_span(t_prev)}")
+    top = f"{int(t.min()) - 1}" if t.numel() and int(t.min()) == int(t.max()) else "t-1"
+    if eta > 0:
+        raise ValueError(
+            f"t_prev must lie in -1..{top}, below t (-1 means the step to x_0; only deterministic DDIM, eta = 0, "
+            f"may step up from t, to invert the sampler), got t_prev {_span(t_prev)} at t {_span(t)} with eta {eta:g}"
+        )
+    raise ValueError(
+        f"t_prev must differ from t: lie in -1..{top} (-1 means the step to x_0), or above t to run "
+        f"deterministic DDIM backwards; got t_prev {_span(t_prev)} at t {_span(t)}"
+    )
 
 
 def ddpm_step(
@@ -70,9 +123,12 @@ def ddpm_step(
     """One ancestral step x_{t-1} = mu_theta(x_t, t) + sigma_t z, with no noise at the last step (t = 0).
 
     Ho et al. 2020, Algorithm 2, line 4. ``model_out`` is the network's output at (x_t, t), which predicts
-    ``parameterization`` (eps_hat by default). Returns (x_{t-1}, x0_hat).
+    ``parameterization`` (eps_hat by default). ``noise``: z of exactly the shape of x_t (B, ...), one draw per
+    sample. Returns (x_{t-1}, x0_hat).
     """
+    flag(clip_x0, "clip_x0")
     x0_hat, eps_hat = to_x0_eps(sched, x_t, t, model_out, parameterization)
+    _check_noise(noise, x_t)
     p = p_from_prediction(sched, x_t, t, x0_hat, eps_hat, var_type=var_type, clip_x0=clip_x0)
     nonzero = (t != 0).to(x_t.dtype).reshape((-1,) + (1,) * (x_t.ndim - 1))
     return p["mean"] + nonzero * p["variance"].sqrt() * noise, p["x0_hat"]
@@ -100,13 +156,22 @@ def ddpm_steps(
     """
     den = as_denoiser(model, sched)
     device = torch.device(device) if device is not None else torch.device("cpu")
+    flag(clip_x0, "clip_x0")
+    if var_type not in VAR_TYPES:
+        raise ValueError(f"var_type must be one of {VAR_TYPES}, got {var_type!r}")
     if t_start is None:
         t_start = sched.T - 1
-    elif isinstance(t_start, bool) or not hasattr(t_start, "__index__") or not 0 <= int(t_start) < sched.T:
-        raise ValueError(f"t_start must be a step index in 0..{sched.T - 1}, got {t_start!r}")
-    elif x_T is None:
-        raise ValueError("t_start needs x_T, the state to start from at that step")
-    t_start = int(t_start)
+    else:
+        is_bool = isinstance(t_start, bool) or getattr(t_start, "dtype", None) == torch.bool
+        try:  # an int or an integer tensor of one element; a float (tensor) is refused, not truncated by int()
+            index = None if is_bool else operator.index(t_start)
+        except TypeError:
+            index = None
+        if index is None or not 0 <= index < sched.T:
+            raise ValueError(f"t_start must be a step index in 0..{sched.T - 1}, got {t_start!r}")
+        if x_T is None:
+            raise ValueError("t_start needs x_T, the state to start from at that step")
+        t_start = index
     _check_x_T(x_T, shape)
     x = _noise(tuple(shape), generator, device, dtype) if x_T is None else x_T.to(device)
     yield SamplerState(t_start, x)
@@ -136,14 +201,34 @@ def ddpm_sample(model: Model, sched: Schedule, shape: Sequence[int], **kwargs) -
     return state.x
 
 
-def ddim_timesteps(T: int, steps: int) -> list[int]:
-    """Evenly spaced step indices for a DDIM subsequence, largest first: (steps-1)k, ..., k, 0 with k = T // steps.
+SPACINGS = ("leading", "trailing", "quadratic")
 
-    Song et al. 2021, sec. 4.2 and appendix D.2 ("linear" spacing; diffusers' "leading").
+
+def ddim_timesteps(T: int, steps: int, spacing: str = "leading") -> list[int]:
+    """Step indices of a DDIM subsequence of ``steps`` distinct steps, largest first.
+
+    leading: (steps-1)k, ..., k, 0 with k = T // steps (Song et al. 2021, sec. 4.2 and appendix D.2, "linear";
+    diffusers' "leading"); trailing: T-1, T-1-k, ..., k-1 with k = T / steps rounded (Lin et al. 2024, sec. 3.3;
+    diffusers' "trailing"); quadratic: floor((i sqrt(0.8 T) / (steps-1))^2) for i = 0..steps-1, the
+    spacing Song et al. used for CIFAR-10 (appendix D.2 and their code), dense at low noise and starting at
+    0.8 T; where two would coincide near 0 the later is moved up by one so that all ``steps`` are distinct.
     """
     positive_int(steps, "steps", most=T)
-    k = T // steps
-    return [i * k for i in range(steps)][::-1]
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if spacing == "leading":
+        k = T // steps
+        return [i * k for i in range(steps)][::-1]
+    if spacing == "trailing":
+        return [round(T - i * T / steps) - 1 for i in range(steps)]
+    root = math.sqrt(0.8 * T)  # as numpy.linspace(0, root, steps) ** 2, whose last point is root exactly
+    ts: list[int] = []
+    for i in range(steps):
+        r = root if i == steps - 1 else i * (root / max(steps - 1, 1))
+        ts.append(max(int(r * r), ts[-1] + 1 if ts else 0))
+    if ts[-1] > T - 1:  # only when steps is close to T: fall back to the last steps below T
+        ts = list(range(T - steps, T))
+    return ts[::-1]
 
 
 def ddim_step(
@@ -161,21 +246,23 @@ def ddim_step(
     """One DDIM update from step t to step t_prev < t (t_prev = -1 means to x_0, where bar alpha = 1).
 
     x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma z,
-    sigma = eta sqrt((1 - ab_prev)/(1 - ab)) sqrt(1 - ab/ab_prev)  (Song et al. 2021, eq. 12 and 16).
+    sigma = eta sqrt((1 - ab_prev)/(1 - ab)) sqrt(1 - ab/ab_prev)  (Song et al. 2021, eq. 12 and 16), eta in [0, 1].
+    With eta = 0, t_prev > t runs the deterministic update backwards (encoding x_0 into x_T, Song et al. sec. 5.4).
+    t, t_prev: one step index or (B,); ``noise``: z of exactly the shape of x_t (B, ...), needed when eta > 0.
     Returns (x_prev, x0_hat).
     """
-    if not 0.0 <= eta:
-        raise ValueError(f"eta must be >= 0 (0 is deterministic DDIM, 1 is DDPM-like), got {eta!r}")
+    eta = real_in_range(eta, "eta", 0.0, 1.0, _ETA_NOTE)
+    flag(clip_x0, "clip_x0")
     x0_hat, eps_hat = to_x0_eps(sched, x_t, t, model_out, parameterization)
+    if noise is not None:
+        _check_noise(noise, x_t)
     if clip_x0:
         x0_hat = x0_hat.clamp(-1.0, 1.0)
         eps_hat = (x_t - sched.at("alpha_bar", t, x_t).sqrt() * x0_hat) / (1 - sched.at("alpha_bar", t, x_t)).sqrt()
     ab = sched.at("alpha_bar", t, x_t)
-    t_prev = torch.as_tensor(t_prev, device=x_t.device)
-    if int(t_prev.min()) < -1:
-        raise ValueError(f"t_prev must lie in -1..{sched.T - 1} (-1 is x_0), got {int(t_prev.min())}")
-    last = (t_prev < 0).reshape(ab.shape) if t_prev.ndim else t_prev < 0  # the step to x_0, where bar alpha = 1
-    ab_prev = torch.where(last, 1.0, sched.at("alpha_bar", t_prev.clamp(min=0), x_t))
+    t_prev = _check_t_prev(t_prev, torch.as_tensor(t, device=x_t.device), sched.T, x_t.shape[0], eta)
+    ab_prev = sched.at("alpha_bar", t_prev.clamp(min=0), x_t)
+    ab_prev = torch.where((t_prev < 0).reshape(ab_prev.shape), 1.0, ab_prev)  # the step to x_0: bar alpha = 1
     sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp(min=0).sqrt()
     x_prev = ab_prev.sqrt() * x0_hat + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps_hat
     if eta > 0:
@@ -193,6 +280,7 @@ def ddim_steps(
     steps: int = 50,
     eta: float = 0.0,
     timesteps: Sequence[int] | None = None,
+    spacing: str = "leading",
     generator: torch.Generator | None = None,
     device=None,
     clip_x0: bool = False,
@@ -201,11 +289,17 @@ def ddim_steps(
 ) -> Iterator[SamplerState]:
     """Yield the states of DDIM over a subsequence of steps (Song et al. 2021, eq. 12).
 
-    ``timesteps`` (decreasing step indices) overrides ``steps``; the default is ``ddim_timesteps(T, steps)``.
+    ``timesteps`` (decreasing step indices) overrides ``steps`` (an int in 1..T) and ``spacing``; the default
+    is ``ddim_timesteps(T, steps, spacing)``. ``eta`` in [0, 1]: 0 is deterministic; 1 with steps = T is the
+    ancestral sampler with var_type "fixed_small".
     """
     den = as_denoiser(model, sched)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    ts = list(timesteps) if timesteps is not None else ddim_timesteps(sched.T, steps)
+    eta = real_in_range(eta, "eta", 0.0, 1.0, _ETA_NOTE)
+    flag(clip_x0, "clip_x0")
+    ts = list(timesteps) if timesteps is not None else ddim_timesteps(sched.T, steps, spacing)
+    if not ts:
+        raise ValueError("timesteps must hold at least one step index, got an empty sequence")
     step_indices(torch.tensor(ts), sched.T)
     if any(a <= b for a, b in zip(ts, ts[1:])):
         raise ValueError(f"timesteps must be strictly decreasing, got {ts[:6]}...")

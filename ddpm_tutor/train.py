@@ -21,9 +21,11 @@ from .checkpoint import (  # noqa: F401 - they live in checkpoint.py
     RESUME_KEYS,
     build_model,
     check_format,
+    clean_stale_temps,
     load_checkpoint,
     load_model,
     model_spec_of,
+    read_checkpoint,
     save_checkpoint,
 )
 from .checks import positive_int
@@ -142,6 +144,11 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def _network(spec: dict) -> dict:
+    """The part of a model spec that fixes the network (its kind and config; {} when unknown)."""
+    return {k: spec[k] for k in ("kind", "config") if k in spec}
+
+
 class Trainer:
     """Trains ``model`` on a data tensor (N, ...) and optional labels (N,) under ``sched``.
 
@@ -253,6 +260,8 @@ class Trainer:
         target = self.config.steps if steps is None else steps
         if target < self.step:
             raise ValueError(f"steps={target} is before the current step {self.step}")
+        if checkpoint is not None:  # temp files of saves that a killed run left behind: each a full checkpoint
+            clean_stale_temps(checkpoint)
         bar = tqdm(total=target, initial=self.step, disable=not progress, desc="train", mininterval=1.0)
         while self.step < target:
             self.train_step()
@@ -288,9 +297,25 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue the run saved in ``state``; refused (ValueError) unless this trainer has its schedule, network
+        and TrainConfig."""
         check_format(state, "the state to resume from", RESUME_KEYS)
         if not torch.equal(state["schedule"]["beta"], self.sched.beta):
             raise ValueError("the checkpoint was trained under a different schedule than the one given")
+        saved_net, my_net = _network(state["model_spec"]), _network(self.model_spec)
+        if saved_net and my_net and saved_net != my_net:
+            raise ValueError(f"the checkpoint's network {saved_net} is not this trainer's {my_net}")
+        if "train_config" in state:
+            # Another config would mix two runs: the optimiser's state brings the saved lr and weight decay back,
+            # while batches, EMA and the lr's warmup and decay would follow this one; and the next save would
+            # record settings the weights were not trained with.
+            saved, mine = asdict(TrainConfig.from_dict(state["train_config"])), asdict(self.config)
+            differ = [f"{k} {saved[k]!r} (saved) vs {mine[k]!r} (this trainer's)" for k in mine if saved[k] != mine[k]]
+            if differ:
+                raise ValueError(
+                    f"the checkpoint's run has other training settings: {', '.join(differ)}; to continue it, "
+                    f"build the Trainer with TrainConfig.from_dict(state['train_config'])"
+                )
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
@@ -305,4 +330,4 @@ class Trainer:
         return save_checkpoint(self.state_dict(), path)
 
     def load(self, path: str | Path) -> None:
-        self.load_state_dict(load_checkpoint(path))
+        self.load_state_dict(read_checkpoint(path, RESUME_KEYS))  # an export is refused by name

@@ -34,9 +34,12 @@ def test_train_sample_evaluate_toy2d(tmp_path):
     # an existing run is never overwritten silently; --resume continues it
     r = run("train", "toy2d", "--dataset", "8gaussians", "--steps", "30", "--quiet", cwd=tmp_path)
     assert r.returncode != 0 and "--resume" in r.stderr
+    # ... exactly: a finished run has nothing left to do, and its length cannot change (the lr's cosine decay)
+    r = run("train", *TINY_TOY, "--resume", cwd=tmp_path)
+    assert r.returncode == 0 and "nothing to do" in r.stdout, r.stderr
     r = run("train", *TINY_TOY, "--steps", "40", "--resume", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert load_checkpoint(ckpt)["step"] == 40
+    assert r.returncode == 2 and "--steps 30 (saved) vs 40 (asked)" in r.stderr
+    assert load_checkpoint(ckpt)["step"] == 30
 
 
 def test_bad_dataset_is_refused(tmp_path):
@@ -120,6 +123,7 @@ def test_sample_pt_and_defaults_2d(toy_ckpt, tmp_path):
         "sampler": "ddpm",
         "steps": 50,
         "eta": None,
+        "spacing": None,
         "var_type": "fixed_small",
         "guidance": 0.0,
         "seed": 0,
@@ -150,6 +154,7 @@ def test_sample_pt_and_defaults_2d(toy_ckpt, tmp_path):
         "sampler": "ddim",
         "steps": 5,
         "eta": 0.5,
+        "spacing": "leading",
         "var_type": None,
         "guidance": 0.0,
         "seed": 0,
@@ -161,9 +166,9 @@ def test_sample_pt_and_defaults_2d(toy_ckpt, tmp_path):
     "flags, message",
     [
         (["--out", "samples.jpg"], "--out must end in .png (a picture), .npy"),
-        (["--n", "0"], "--n must be at least 1"),
-        (["--eta", "-0.5"], "--eta must be >= 0"),
-        (["--sampler", "ddim", "--steps", "0"], "--steps must be in 1..50"),
+        (["--n", "0"], "argument --n: must be an integer >= 1, got '0'"),
+        (["--sampler", "ddim", "--eta", "-0.5"], "argument --eta: must be a number in [0, 1]"),
+        (["--sampler", "ddim", "--steps", "0"], "argument --steps: must be an integer >= 1"),
         (["--sampler", "ddim", "--steps", "51"], "--steps must be in 1..50"),
         (["--labels", "0"], "--labels needs a class-conditional model"),
         (["--guidance", "1"], "--guidance needs a class-conditional model"),
@@ -204,7 +209,7 @@ def test_sample_labels_and_guidance_of_a_conditional_unet(cond_unet_ckpt, tmp_pa
     for flags, message in (
         (["--labels", "10"], "--labels must be a class 0..9 or 'uniform', got '10'"),
         (["--labels", "all"], "--labels must be a class 0..9 or 'uniform', got 'all'"),
-        (["--guidance", "-1"], "--guidance must be a finite number >= 0"),
+        (["--guidance", "-1"], "argument --guidance: must be a finite number >= 0"),
     ):
         with pytest.raises(SystemExit, match=re.escape(message)):
             draw("refused.pt", "--n", "2", *flags)

@@ -180,3 +180,29 @@ def test_t_start_bad_inputs():
         ddpm_sample(model, sched, (2, 2), t_start=5)
     with pytest.raises(ValueError, match=r"x_T must have the shape \(3, 2\)"):
         ddpm_sample(model, sched, (3, 2), x_T=torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("steps", [1, 7, 20, 50, 1000])
+def test_ddim_spacings_match_diffusers(spacing, steps):
+    from diffusers import DDIMScheduler
+
+    ref = DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing)
+    ref.set_timesteps(steps)
+    assert ddim_timesteps(1000, steps, spacing) == ref.timesteps.tolist()
+
+
+@pytest.mark.parametrize("steps", [2, 10, 50, 200, 999])
+def test_ddim_quadratic_spacing_is_song_et_als(steps):
+    import numpy as np
+
+    ts = ddim_timesteps(1000, steps, "quadratic")[::-1]
+    song = (np.linspace(0, np.sqrt(1000 * 0.8), steps) ** 2).astype(int).tolist()  # their code, appendix D.2
+    assert len(ts) == len(set(ts)) == steps and ts == sorted(ts) and 0 <= ts[0] and ts[-1] <= 999
+    # equal to theirs except where theirs would repeat (or fall below) the step before: there ours is one above it
+    for i in range(steps):
+        assert ts[i] == song[i] or (i > 0 and song[i] <= ts[i - 1] and ts[i] == ts[i - 1] + 1), (i, ts[i], song[i])
+    if steps <= 50:  # collisions only among the first few, near t = 0
+        assert sum(a != b for a, b in zip(ts, song)) <= 3
+    with pytest.raises(ValueError, match="spacing must be one of"):
+        ddim_timesteps(1000, 10, "linear")
