@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .diffusion import as_denoiser, p_mean_variance, q_posterior, q_sample
+from .checks import flag
+from .diffusion import VAR_TYPES, as_denoiser, check_model_out, p_mean_variance, q_posterior, q_sample
 from .elbo import gaussian_log_likelihood, prior_kl
 from .losses import check_image_range, discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .schedules import Schedule
@@ -33,10 +34,20 @@ def _check_choice(name: str, value, allowed) -> None:
 
 
 def check_levels(x: Tensor) -> None:
-    """Refuse data that is not on the 256 levels -1 + 2k/255 of [-1, 1] (what the discretised decoder scores)."""
+    """Refuse data that is not on the 256 levels -1 + 2k/255 of [-1, 1] (what the discretised decoder scores).
+
+    A level may be off by 1e-3 of the spacing, or by float16's rounding of it (0.03 of the spacing near 1);
+    bfloat16 is refused: near 1 it rounds to steps as large as the spacing, so its levels are not told apart."""
     check_image_range(x)
+    if x.dtype == torch.bfloat16:
+        raise ValueError(
+            "the discretised decoder needs data in float16 or wider: bfloat16 rounds values near 1 to steps of "
+            "0.0078, the spacing of the 256 levels, so it cannot hold them; pass x0.float()"
+        )
+    if x.numel() == 0:
+        return
     off = ((x.double() + 1) * 127.5 - ((x.double() + 1) * 127.5).round()).abs().max()
-    if off > 1e-3:
+    if off > max(1e-3, 127.5 * torch.finfo(x.dtype).eps / 2):  # eps / 2: the largest rounding error in [-1, 1]
         raise ValueError(
             f"the discretised decoder needs data on the 256 levels of [-1, 1] (8-bit images scaled "
             f"by x/127.5 - 1), got a value {off.item():.3g} of a level off the grid; use "
@@ -65,6 +76,7 @@ def vlb_term(
     variance choices can share one forward pass. x0, x_t: (B, ...); t: (B,) step indices.
     """
     _check_choice("decoder", decoder, DECODERS)
+    flag(clip_x0, "clip_x0")
     p = p_mean_variance(model, sched, x_t, t, var_type=var_type, clip_x0=clip_x0, model_out=model_out)
     mu_tilde, _, log_bt = q_posterior(sched, x0, x_t, t)
     out = mean_flat(normal_kl(mu_tilde, log_bt, p["mean"], p["log_variance"]))
@@ -184,11 +196,16 @@ def vlb(
             f"x0 must be a float tensor of shape (B, ...), got {getattr(x0, 'dtype', type(x0))} "
             f"{tuple(getattr(x0, 'shape', ()))}"
         )
+    if x0.shape[0] == 0:
+        raise ValueError(f"x0 must hold at least one example, got shape {tuple(x0.shape)}")
     if not torch.isfinite(x0).all():
         raise ValueError("x0 must be finite, got NaN or inf")
     if decoder == "discretized":
         check_levels(x0)
+    flag(clip_x0, "clip_x0")
     var_types = (var_types,) if isinstance(var_types, str) else tuple(var_types)
+    if not var_types or any(v not in VAR_TYPES for v in var_types):
+        raise ValueError(f"var_types must name one or more of {VAR_TYPES}, got {var_types!r}")
     steps, weights = draw_steps(sched.T, sched.T if k is None else k, generator)
     B, scale = x0.shape[0], UNITS[units]
     den = as_denoiser(model, sched)
@@ -197,7 +214,12 @@ def vlb(
         t = torch.full((B,), step, dtype=torch.long, device=x0.device)
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         x_t = q_sample(sched, x0, t, eps)
-        out = den.model_out(x_t, t)
+        out = check_model_out(den.model_out(x_t, t), x_t)
+        if not bool(torch.isfinite(out).all()):  # the bound of a network that outputs NaN would be NaN
+            raise ValueError(
+                f"the model's output must be finite, but at step index {step} it holds "
+                f"{int((~torch.isfinite(out)).sum())} NaN/inf values"
+            )
         for v in var_types:
             terms[v][:, j] = (
                 vlb_term(den, sched, x0, x_t, t, var_type=v, decoder=decoder, clip_x0=clip_x0, model_out=out)

@@ -280,6 +280,10 @@ def _unreadable(path: Path, err: Exception) -> tuple[str, str] | None:
         return f"an incomplete or damaged zip archive of {size:,} B", CUT_SHORT
     if damaged is not None:
         return f"a damaged zip archive: its record {damaged} fails its CRC check", CUT_SHORT
+    if isinstance(err, RuntimeError) and "PytorchStreamReader" in str(err) or isinstance(err, UnicodeDecodeError):
+        # torch's zip reader checks headers that Python's passes over (their version fields, say), and reads
+        # records (the serialization id) where a damaged header points
+        return f"a damaged zip archive of {size:,} B: torch's zip reader refused its headers", CUT_SHORT
     if isinstance(err, pickle.UnpicklingError):
         # the first sentence of torch's refusal names the object; the rest is advice we do not pass on
         detail = str(err).partition("WeightsUnpickler error:")[2].strip().split(". ")[0].split("\n")[0]
@@ -289,6 +293,26 @@ def _unreadable(path: Path, err: Exception) -> tuple[str, str] | None:
             "ddpm_tutor saves only tensors and plain data, so other code wrote this file; it was not loaded, "
             "as loading it could run that code",
         )
+    return None
+
+
+_STORAGE = re.compile(r"(?:.*/)?data/\d+")  # the records of tensor bytes in a torch.save archive
+
+
+def _damaged_record(path: Path) -> str | None:
+    """The first record of the archive at ``path``, other than the tensors' bytes, whose bytes fail their CRC-32
+    (None if none does). torch.load does not check CRCs, and the "checksum" covers the tensors only: this covers
+    the pickle (every number, string and key of the file), the rest of it."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if not _STORAGE.fullmatch(info.filename):
+                    try:
+                        z.read(info)  # raises BadZipFile on a CRC mismatch
+                    except Exception:  # whatever the zip reader stumbles on: the record is not sound
+                        return info.filename
+    except Exception:  # torch.load read it, yet Python's zip reader cannot: damaged
+        return "(the directory)"
     return None
 
 
@@ -310,6 +334,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         error = CheckpointPickleError if isinstance(err, pickle.UnpicklingError) else CheckpointError
         # from None: torch's own message would advise weights_only=False, which runs whatever the file holds
         raise error(f"{path} is not a ddpm_tutor checkpoint ({why[0]}): {why[1]}") from None
+    damaged = _damaged_record(path)
+    if damaged is not None:
+        raise CheckpointError(
+            f"{path} is not a ddpm_tutor checkpoint (a damaged zip archive: its record {damaged} fails its CRC "
+            f"check): {CUT_SHORT}"
+        )
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} is not a ddpm_tutor checkpoint (it holds a {type(obj).__name__}, not a dict)")
     if "checksum" in obj and obj["checksum"] != tensor_checksum(obj):

@@ -6,7 +6,9 @@
 - :func:`image_range`: a finite floating tensor in [-1, 1], the model's range for images (x / 127.5 - 1);
 - :func:`class_labels` and :func:`null_labels`: labels 0..C of a network with C classes, C being the null label
   ("no label", used by classifier-free guidance);
-- :func:`real_in_range`: a real number (not a bool, NaN or tensor) in [lo, hi], such as DDIM's eta in [0, 1];
+- :func:`real_in_range`: a real number (not a bool, NaN or tensor) in [lo, hi], such as DDIM's eta in [0, 1] (or
+  an open end, such as a beta in (0, 1));
+- :func:`floating_like`: a floating-point tensor of exactly the shape of another (noise, a network's output);
 - :func:`flag`: True or False, nothing else (a string such as "no" is truthy).
 
 Nothing here casts, clips or broadcasts silently: a check returns its input, or says what it does to it.
@@ -29,10 +31,24 @@ def positive_int(value, name: str, most: int | None = None) -> int:
     return value
 
 
+def _as_steps(t, device=None) -> Tensor:
+    """``torch.as_tensor(t)``, with a message naming t for what cannot be a tensor (None, a string)."""
+    if isinstance(t, (list, tuple)) and not t:  # no steps, for an empty batch: as_tensor would make them float32
+        return torch.zeros(0, dtype=torch.long, device=device)
+    try:
+        return torch.as_tensor(t, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        if torch.is_tensor(t):  # a tensor that cannot move to ``device``: not t's value at fault
+            raise
+        raise ValueError(
+            f"t must hold integer step indices (an int or an integer tensor), got {type(t).__name__} {t!r}"
+        ) from None
+
+
 def batch_steps(t, B: int, device=None, batch: str = "the batch") -> Tensor:
     """Step indices t as a (B,) tensor on ``device``: a (B,) tensor unchanged but for the device, or one index
     repeated B times (an expanded view). The dtype is kept; ``batch`` names what B comes from, for the message."""
-    t = torch.as_tensor(t, device=device)
+    t = _as_steps(t, device)
     if t.ndim == 0:
         return t.expand(B)
     if t.shape != (B,):
@@ -48,7 +64,7 @@ def step_indices(t, T: int | None = None) -> Tensor:
 
     With T None only t >= 0 is checked: a network knows no schedule, so it cannot know T.
     """
-    t = torch.as_tensor(t)
+    t = _as_steps(t)
     top = "T-1" if T is None else T - 1
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"t must hold integer step indices in 0..{top}, got dtype {t.dtype}")
@@ -104,14 +120,36 @@ def null_labels(B: int, num_classes: int, device=None) -> Tensor:
     return torch.full((B,), num_classes, dtype=torch.long, device=device)
 
 
-def real_in_range(value, name: str, lo: float, hi: float, note: str = "") -> float:
-    """Return ``value`` as a float if it is a real number with lo <= value <= hi; bools, NaN, strings and tensors
-    are refused. ``note`` (e.g. " (0 is deterministic DDIM)") follows the range in the message."""
+def real_in_range(
+    value, name: str, lo: float, hi: float, note: str = "", *, open_lo: bool = False, open_hi: bool = False
+) -> float:
+    """Return ``value`` as a float if it is a real number with lo <= value <= hi (lo < value with ``open_lo``,
+    value < hi with ``open_hi``); bools, NaN, strings and tensors are refused. ``note`` (e.g. " (0 is
+    deterministic DDIM)") follows the range in the message."""
     number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not number or not lo <= float(value) <= hi:  # NaN fails both comparisons
+    if number:
+        v = float(value)
+        above = lo < v if open_lo else lo <= v  # NaN fails every comparison
+        below = v < hi if open_hi else v <= hi
+    if not number or not (above and below):
         got = repr(value) if number else f"{type(value).__name__} {value!r}"
-        raise ValueError(f"{name} must be >= {lo:g} and <= {hi:g}{note}, got {got}")
+        raise ValueError(
+            f"{name} must be {'>' if open_lo else '>='} {lo:g} and {'<' if open_hi else '<='} {hi:g}{note}, got {got}"
+        )
     return float(value)
+
+
+def floating_like(value, like: Tensor, name: str, like_name: str) -> Tensor:
+    """Return ``value`` if it is a floating-point tensor of exactly ``like``'s shape (nothing is broadcast or cast
+    silently); ``like_name`` names ``like`` in the message."""
+    if not torch.is_tensor(value) or not value.is_floating_point():
+        got = f"dtype {value.dtype}" if torch.is_tensor(value) else type(value).__name__
+        raise ValueError(
+            f"{name} must be a floating-point tensor of the shape of {like_name} {tuple(like.shape)}, got {got}"
+        )
+    if value.shape != like.shape:
+        raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(value.shape)}")
+    return value
 
 
 def flag(value, name: str) -> bool:

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from .checks import batch_steps, null_labels
+from .checks import batch_steps, floating_like, null_labels
 from .schedules import Schedule
 
 Tensor = torch.Tensor
@@ -25,16 +25,25 @@ PARAMETERIZATIONS = ("eps", "x0", "v", "score")
 VAR_TYPES = ("fixed_small", "fixed_large")
 
 
-def _check_batch(x: Tensor, t: Tensor) -> None:
+def _check_batch(sched: Schedule, x: Tensor, t: Tensor, name: str = "x") -> None:
+    if not isinstance(sched, Schedule):
+        raise ValueError(f"sched must be a Schedule (e.g. Schedule.linear(1000)), got {type(sched).__name__}")
     if isinstance(x, Tensor) and not x.is_floating_point():
         # sqrt(alpha_bar) * x would be cast to x's integer dtype (uint8 pixels of 200 come out as 0)
         raise ValueError(
-            f"x must be a floating-point tensor (images scaled to [-1, 1], e.g. x.float() / 127.5 - 1), "
+            f"{name} must be a floating-point tensor (images scaled to [-1, 1], e.g. x.float() / 127.5 - 1), "
             f"got dtype {x.dtype}"
         )
     if not isinstance(x, Tensor) or x.ndim < 1:
-        raise ValueError(f"x must be a tensor of shape (B, ...), got {type(x).__name__}")
-    batch_steps(t, x.shape[0], batch=f"x of shape {tuple(x.shape)}")
+        got = "a 0-d tensor" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a tensor of shape (B, ...), got {got}")
+    batch_steps(t, x.shape[0], batch=f"{name} of shape {tuple(x.shape)}")
+
+
+def check_model_out(out, x_t: Tensor) -> Tensor:
+    """Return a network's output ``out`` if it is a floating-point tensor of x_t's shape: (B, 1) against x_t of
+    (B, 2) would broadcast into finite, meaningless numbers."""
+    return floating_like(out, x_t, "model output", "x_t")
 
 
 def q_mean_variance(sched: Schedule, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -42,7 +51,7 @@ def q_mean_variance(sched: Schedule, x0: Tensor, t: Tensor) -> tuple[Tensor, Ten
 
     Ho et al. 2020, eq. 4. Returns mean (B, ...) and variance (B, 1, ..., 1).
     """
-    _check_batch(x0, t)
+    _check_batch(sched, x0, t, "x0")
     return sched.at("alpha_bar", t, x0).sqrt() * x0, 1.0 - sched.at("alpha_bar", t, x0)
 
 
@@ -51,9 +60,8 @@ def q_sample(sched: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
 
     Ho et al. 2020, eq. 4 reparameterised. x0, eps: (B, ...); t: (B,). Returns (B, ...).
     """
-    _check_batch(x0, t)
-    if eps.shape != x0.shape:
-        raise ValueError(f"eps must have the shape of x0 {tuple(x0.shape)}, got {tuple(eps.shape)}")
+    _check_batch(sched, x0, t, "x0")
+    floating_like(eps, x0, "eps", "x0")
     ab = sched.at("alpha_bar", t, x0)
     return ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps
 
@@ -63,9 +71,8 @@ def q_step(sched: Schedule, x_prev: Tensor, t: Tensor, eps: Tensor) -> Tensor:
 
     Ho et al. 2020, eq. 2. ``t`` indexes the step being taken (0 for x_0 -> x_1).
     """
-    _check_batch(x_prev, t)
-    if eps.shape != x_prev.shape:
-        raise ValueError(f"eps must have the shape of x_prev {tuple(x_prev.shape)}, got {tuple(eps.shape)}")
+    _check_batch(sched, x_prev, t, "x_prev")
+    floating_like(eps, x_prev, "eps", "x_prev")
     beta = sched.at("beta", t, x_prev)
     return (1.0 - beta).sqrt() * x_prev + beta.sqrt() * eps
 
@@ -75,9 +82,8 @@ def q_posterior(sched: Schedule, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Te
 
     Ho et al. 2020, eq. 6-7. Returns mu_tilde (B, ...), beta_tilde and its clipped log (B, 1, ..., 1).
     """
-    _check_batch(x_t, t)
-    if x0.shape != x_t.shape:
-        raise ValueError(f"x0 and x_t must have the same shape, got {tuple(x0.shape)} and {tuple(x_t.shape)}")
+    _check_batch(sched, x_t, t, "x_t")
+    floating_like(x0, x_t, "x0", "x_t")
     mu_tilde = sched.at("posterior_coef_x0", t, x_t) * x0 + sched.at("posterior_coef_xt", t, x_t) * x_t
     return mu_tilde, sched.at("beta_tilde", t, x_t), sched.at("log_beta_tilde_clipped", t, x_t)
 
@@ -114,8 +120,8 @@ def to_x0_eps(
     eps: out = eps_hat; x0: out = x0_hat; v: out = v_hat (x_0 = sqrt(ab) x_t - sqrt(1-ab) v);
     score: out = score_hat (eps = -sqrt(1-ab) score).
     """
-    if out.shape != x_t.shape:
-        raise ValueError(f"model output must have the shape of x_t {tuple(x_t.shape)}, got {tuple(out.shape)}")
+    _check_batch(sched, x_t, t, "x_t")
+    check_model_out(out, x_t)
     ab = sched.at("alpha_bar", t, x_t)
     if parameterization == "eps":
         return x0_from_eps(sched, x_t, t, out), out
@@ -256,9 +262,7 @@ class Denoiser(torch.nn.Module):
         out = self.model_out(x_t, t)
         if self.parameterization != "eps":
             return self.predict(x_t, t, out)[1]
-        if out.shape != x_t.shape:
-            raise ValueError(f"model output must have the shape of x_t {tuple(x_t.shape)}, got {tuple(out.shape)}")
-        return out
+        return check_model_out(out, x_t)
 
     def x0_hat(self, x_t: Tensor, t: Tensor) -> Tensor:
         """x0_hat(x_t, t) (B, ...) = (x_t - sqrt(1 - bar alpha_t) eps_hat) / sqrt(bar alpha_t) (Ho et al., eq. 15)."""
@@ -334,7 +338,7 @@ def p_mean_variance(
     :func:`p_from_prediction` for ``clip_x0``. Returns a dict with mean, variance, log_variance, x0_hat, eps_hat,
     model_out.
     """
-    _check_batch(x_t, t)
+    _check_batch(sched, x_t, t, "x_t")
     if model is None:
         if model_out is None:
             raise ValueError("p_mean_variance needs a model or its output model_out")

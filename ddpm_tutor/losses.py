@@ -7,13 +7,14 @@ Shapes: data x0 is (B, ...); per-example results are (B,).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Literal
 
 import torch
 
 from .checks import image_range
-from .diffusion import VarType, as_denoiser, q_mean_variance, q_sample, reverse_variance, target_for
+from .diffusion import VarType, as_denoiser, check_model_out, q_mean_variance, q_sample, reverse_variance, target_for
 from .schedules import Schedule
 
 Tensor = torch.Tensor
@@ -22,8 +23,8 @@ WEIGHTINGS = ("simple", "x0", "min_snr", "vlb")
 
 
 def mean_flat(x: Tensor) -> Tensor:
-    """Mean over every dimension but the batch: (B, ...) -> (B,)."""
-    return x.reshape(x.shape[0], -1).mean(dim=1)
+    """Mean over every dimension but the batch: (B, ...) -> (B,) (empty for an empty batch)."""
+    return x.reshape(x.shape[0], -1 if x.numel() else 0).mean(dim=1)
 
 
 def sample_t(batch: int, T: int, generator: torch.Generator | None = None, device=None) -> Tensor:
@@ -47,10 +48,16 @@ def eps_weight(
     min_snr: min(SNR, gamma)/SNR, the x_0 error weighted by min(SNR, gamma) (Hang et al. 2023; gamma = inf is
     simple);
     vlb: beta_t^2 / (2 sigma_t^2 alpha_t (1 - bar alpha_t)), the true bound's weight (Ho et al. 2020, eq. 12).
-    Returns (B, 1, ..., 1).
+    Returns (B, 1, ..., 1), in x's dtype but float32 at least (1/SNR and beta_t^2 overflow or underflow float16).
     """
-    if not (isinstance(min_snr_gamma, (int, float)) and not isinstance(min_snr_gamma, bool) and min_snr_gamma > 0):
+    real = isinstance(min_snr_gamma, numbers.Real) and not isinstance(min_snr_gamma, bool)
+    if not (real and min_snr_gamma > 0):  # NaN fails the comparison
         raise ValueError(f"min_snr_gamma must be a number > 0, got {min_snr_gamma!r}")
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        got = f"dtype {x.dtype}" if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"x must be a floating-point tensor of shape (B, ...), got {got}")
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x = x if x.dtype == dtype else torch.empty((), dtype=dtype, device=x.device).expand(x.shape)  # no copy of x
     snr = sched.at("snr", t, x)
     if weighting == "simple":
         return torch.ones_like(snr)
@@ -86,8 +93,18 @@ def diffusion_loss(
     are stated on the eps error ||eps - eps_hat||^2, whatever the network predicts, so that the same weighting
     means the same objective for every parameterisation (Turner et al. 2024, sec. 3 and 5).
     """
+    if not isinstance(sched, Schedule):
+        raise ValueError(f"sched must be a Schedule (e.g. Schedule.linear(1000)), got {type(sched).__name__}")
     if not isinstance(x0, Tensor) or x0.ndim < 2:
         raise ValueError(f"x0 must be a batch of shape (B, D, ...), got {getattr(x0, 'shape', type(x0))}")
+    if not x0.is_floating_point():
+        raise ValueError(f"x0 must be a floating-point tensor (e.g. x.float() / 127.5 - 1), got dtype {x0.dtype}")
+    if x0.numel() == 0 and x0.shape[0] > 0:
+        raise ValueError(f"x0 must hold at least one value per example, got shape {tuple(x0.shape)}")
+    if not bool(torch.isfinite(x0).all()):
+        raise ValueError(f"x0 must be finite, but it holds {int((~torch.isfinite(x0)).sum())} NaN/inf values")
+    if weighting not in WEIGHTINGS:  # before the network runs
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     B = x0.shape[0]
     if t is None:
         t = sample_t(B, sched.T, generator, x0.device)
@@ -95,9 +112,7 @@ def diffusion_loss(
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     den = as_denoiser(model, sched)
     x_t = q_sample(sched, x0, t, eps)
-    out = den.model_out(x_t, t)
-    if out.shape != x_t.shape:  # (B, 1) against (B, 2) would broadcast into a finite, meaningless loss
-        raise ValueError(f"the model's output must have the shape of x_t {tuple(x_t.shape)}, got {tuple(out.shape)}")
+    out = check_model_out(den.model_out(x_t, t), x_t)  # (B, 1) against (B, 2) would broadcast
     if weighting == "simple":
         return mean_flat((out - target_for(sched, x0, t, eps, den.parameterization)) ** 2)
     _, eps_hat = den.predict(x_t, t, out)

@@ -154,7 +154,7 @@ def test_sample_pt_and_defaults_2d(toy_ckpt, tmp_path):
         "sampler": "ddim",
         "steps": 5,
         "eta": 0.5,
-        "spacing": "leading",
+        "spacing": "quadratic",  # the default for 2-D models (cli.DDIM_SPACING)
         "var_type": None,
         "guidance": 0.0,
         "seed": 0,
