@@ -84,6 +84,17 @@ def _float_where(expected: str, ok):
 
 
 POSITIVE_INT = _int_at_least(1)
+SEED_MAX = 2**32 - 1  # numpy's range; torch's manual_seed overflows above 2**64 (and evaluate adds 100 per set)
+
+
+def SEED(text: str) -> int:
+    """An argparse type: a seed, an integer in 0..2**32 - 1."""
+    value = _int_at_least(0)(text)
+    if value > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..{SEED_MAX}, got {text!r}")
+    return value
+
+
 NON_NEGATIVE_INT = _int_at_least(0)
 POSITIVE_FINITE = _float_where("a finite number > 0", lambda v: 0 < v < math.inf)
 NON_NEGATIVE_FINITE = _float_where("a finite number >= 0", lambda v: 0 <= v < math.inf)
@@ -290,7 +301,10 @@ def cmd_train(args) -> int:
         f"on {trainer.device}{' with bf16 autocast' if trainer.autocast else ''}; checkpoint: {ckpt}"
     )
     t0 = time.perf_counter()
-    trainer.run(progress=not args.quiet, checkpoint=ckpt, checkpoint_every=args.checkpoint_every)
+    try:
+        trainer.run(progress=not args.quiet, checkpoint=ckpt, checkpoint_every=args.checkpoint_every)
+    except FloatingPointError as e:  # diverged (e.g. too high an --lr): the last checkpoint, if any, is kept
+        raise SystemExit(f"train: {e}") from None
     print(
         f"done in {time.perf_counter() - t0:.1f} s; final loss (mean of last 100 steps) "
         f"{sum(trainer.losses[-100:]) / len(trainer.losses[-100:]):.4f}"
@@ -615,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="save every N steps (default 1000; 0: only at the end)",
     )
     t.add_argument("--resume", action="store_true", help=RESUME_HELP)
-    t.add_argument("--seed", type=int, help="default 0")
+    t.add_argument("--seed", type=SEED, help="default 0")
     t.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when there is one, else cpu)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train, parser=t)
@@ -696,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="2D: independent sets of samples (seeds --seed + 100 k) the distances are averaged over "
                 "(default 5)",
             )
-        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--seed", type=SEED, default=0)
         s.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when there is one, else cpu)")
         if name == "sample":
             s.add_argument(

@@ -53,6 +53,17 @@ def _noise(shape, generator, device, dtype) -> Tensor:
     return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
 
 
+def _check_shape_dtype(shape, dtype) -> tuple[int, ...]:
+    """The samples' shape as a tuple of positive ints (B, ...), and a floating dtype; refused otherwise."""
+    ok = isinstance(shape, (tuple, list, torch.Size)) and len(shape) >= 1
+    ok = ok and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)
+    if not ok:
+        raise ValueError(f"shape must be a tuple of positive ints (B, ...), e.g. (64, 2), got {shape!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch dtype (e.g. torch.float32), got {dtype!r}")
+    return tuple(shape)
+
+
 def _check_x_T(x_T: Tensor | None, shape: Sequence[int]) -> None:
     if x_T is None:
         return
@@ -61,6 +72,8 @@ def _check_x_T(x_T: Tensor | None, shape: Sequence[int]) -> None:
         raise ValueError(f"x_T must be a floating-point tensor of shape {tuple(shape)}, got {got}")
     if tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T must have the shape {tuple(shape)}, got {tuple(x_T.shape)}")
+    if not bool(torch.isfinite(x_T).all()):  # NaN or inf would run silently through every step
+        raise ValueError("x_T must be finite, got NaN or inf values")
 
 
 def _check_noise(noise, x_t: Tensor) -> None:
@@ -127,6 +140,7 @@ def ddpm_step(
     sample. Returns (x_{t-1}, x0_hat).
     """
     flag(clip_x0, "clip_x0")
+    t = torch.as_tensor(t, device=x_t.device) if isinstance(t, int) and not isinstance(t, bool) else t
     x0_hat, eps_hat = to_x0_eps(sched, x_t, t, model_out, parameterization)
     _check_noise(noise, x_t)
     p = p_from_prediction(sched, x_t, t, x0_hat, eps_hat, var_type=var_type, clip_x0=clip_x0)
@@ -172,6 +186,7 @@ def ddpm_steps(
         if x_T is None:
             raise ValueError("t_start needs x_T, the state to start from at that step")
         t_start = index
+    shape = _check_shape_dtype(shape, dtype)
     _check_x_T(x_T, shape)
     x = _noise(tuple(shape), generator, device, dtype) if x_T is None else x_T.to(device)
     yield SamplerState(t_start, x)
@@ -213,6 +228,7 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "leading") -> list[int]:
     spacing Song et al. used for CIFAR-10 (appendix D.2 and their code), dense at low noise and starting at
     0.8 T; where two would coincide near 0 the later is moved up by one so that all ``steps`` are distinct.
     """
+    positive_int(T, "T")
     positive_int(steps, "steps", most=T)
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
@@ -259,12 +275,17 @@ def ddim_step(
     if clip_x0:
         x0_hat = x0_hat.clamp(-1.0, 1.0)
         eps_hat = (x_t - sched.at("alpha_bar", t, x_t).sqrt() * x0_hat) / (1 - sched.at("alpha_bar", t, x_t)).sqrt()
-    ab = sched.at("alpha_bar", t, x_t)
+    # the coefficients in the schedule's float64, cast at the end: in float16, bar alpha near 1 rounds to 1 and
+    # sigma would be 0/0
+    wide = x_t.new_zeros((), dtype=torch.float64).expand(x_t.shape)
+    ab = sched.at("alpha_bar", t, wide)
     t_prev = _check_t_prev(t_prev, torch.as_tensor(t, device=x_t.device), sched.T, x_t.shape[0], eta)
-    ab_prev = sched.at("alpha_bar", t_prev.clamp(min=0), x_t)
+    ab_prev = sched.at("alpha_bar", t_prev.clamp(min=0), wide)
     ab_prev = torch.where((t_prev < 0).reshape(ab_prev.shape), 1.0, ab_prev)  # the step to x_0: bar alpha = 1
     sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp(min=0).sqrt()
-    x_prev = ab_prev.sqrt() * x0_hat + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps_hat
+    c_x0, c_eps = ab_prev.sqrt().to(x_t.dtype), (1 - ab_prev - sigma**2).clamp(min=0).sqrt().to(x_t.dtype)
+    sigma = sigma.to(x_t.dtype)
+    x_prev = c_x0 * x0_hat + c_eps * eps_hat
     if eta > 0:
         if noise is None:
             raise ValueError("ddim_step with eta > 0 needs noise of the shape of x_t")
@@ -303,6 +324,7 @@ def ddim_steps(
     step_indices(torch.tensor(ts), sched.T)
     if any(a <= b for a, b in zip(ts, ts[1:])):
         raise ValueError(f"timesteps must be strictly decreasing, got {ts[:6]}...")
+    shape = _check_shape_dtype(shape, dtype)
     _check_x_T(x_T, shape)
     x = _noise(tuple(shape), generator, device, dtype) if x_T is None else x_T.to(device)
     yield SamplerState(ts[0], x)

@@ -249,3 +249,16 @@ def test_sample_spacing_is_used_recorded_and_refused_for_ddpm(tmp_path):
     assert not torch.allclose(got["leading"], got["quadratic"])
     msg = refused("sample", "--checkpoint", ck, "--sampler", "ddpm", "--spacing", "quadratic", "--n", "2")
     assert "--spacing does not apply to --sampler ddpm" in msg
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "18446744073709551616"])
+def test_a_seed_out_of_range_is_a_usage_error(seed, tmp_path):
+    msg = refused("train", *TINY, "--steps", "2", "--seed", seed, "--out", tmp_path / "run")
+    assert "argument --seed: must be an integer" in msg
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_diverging_run_ends_with_one_line_not_a_traceback(tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main("train", *TINY, "--steps", "3", "--lr", "1e30", "--out", tmp_path / "run")
+    assert str(info.value).startswith("train: the loss became") and "Lower the learning rate" in str(info.value)

@@ -207,3 +207,36 @@ def test_the_new_checks_helpers():
     assert flag(True, "clip_x0") is True and flag(False, "clip_x0") is False
     with pytest.raises(ValueError, match="clip_x0 must be True or False, got str 'False'"):
         flag("False", "clip_x0")
+
+
+@pytest.mark.parametrize("shape", [(-1, 2), (), 3, (3.0, 2), (2, True)])
+def test_a_bad_shape_is_refused_by_both_samplers(shape):
+    for draw, kw in ((ddpm_sample, {}), (ddim_sample, {"steps": 2})):
+        with pytest.raises(ValueError, match="shape must be a tuple of positive ints"):
+            draw(lambda x, t: 0.1 * x, Schedule.linear(10), shape, **kw)
+
+
+def test_integer_dtype_and_non_finite_x_T_are_refused():
+    sched = Schedule.linear(10)
+    with pytest.raises(ValueError, match="dtype must be a floating-point torch dtype"):
+        ddim_sample(lambda x, t: 0.1 * x, sched, (2, 2), steps=2, dtype=torch.long)
+    with pytest.raises(ValueError, match="x_T must be finite"):
+        ddpm_sample(lambda x, t: 0.1 * x, sched, (2, 2), x_T=torch.full((2, 2), float("nan")))
+
+
+def test_float16_ddim_is_finite_and_close_to_float32():
+    """bar alpha near 1 rounds to 1 in float16: the step's coefficients are computed in float64 (sigma was 0/0)."""
+    sched, g = Schedule.linear(1000), lambda: torch.Generator().manual_seed(0)
+    for eta in (0.0, 1.0):
+        x16 = ddim_sample(lambda x, t: 0.1 * x, sched, (4, 2), steps=50, eta=eta, dtype=torch.float16, generator=g())
+        x32 = ddim_sample(lambda x, t: 0.1 * x, sched, (4, 2), steps=50, eta=eta, generator=g())
+        assert bool(torch.isfinite(x16).all())
+        assert torch.allclose(x16.float(), x32, rtol=2e-2, atol=1e-2), (x16, x32)
+
+
+def test_ddpm_step_takes_a_plain_int_step():
+    sched, x = Schedule.linear(10), torch.randn(3, 2)
+    z = torch.randn(3, 2)
+    a = ddpm_step(sched, x, 5, 0.1 * x, z)[0]
+    b = ddpm_step(sched, x, torch.tensor(5), 0.1 * x, z)[0]
+    assert torch.equal(a, b)
