@@ -140,7 +140,8 @@ def ddpm_step(
     sample. Returns (x_{t-1}, x0_hat).
     """
     flag(clip_x0, "clip_x0")
-    t = torch.as_tensor(t, device=x_t.device) if isinstance(t, int) and not isinstance(t, bool) else t
+    if not torch.is_tensor(t) and not isinstance(t, bool):  # a plain int or list of step indices
+        t = torch.as_tensor(t, device=x_t.device)
     x0_hat, eps_hat = to_x0_eps(sched, x_t, t, model_out, parameterization)
     _check_noise(noise, x_t)
     p = p_from_prediction(sched, x_t, t, x0_hat, eps_hat, var_type=var_type, clip_x0=clip_x0)
@@ -272,13 +273,13 @@ def ddim_step(
     x0_hat, eps_hat = to_x0_eps(sched, x_t, t, model_out, parameterization)
     if noise is not None:
         _check_noise(noise, x_t)
-    if clip_x0:
-        x0_hat = x0_hat.clamp(-1.0, 1.0)
-        eps_hat = (x_t - sched.at("alpha_bar", t, x_t).sqrt() * x0_hat) / (1 - sched.at("alpha_bar", t, x_t)).sqrt()
     # the coefficients in the schedule's float64, cast at the end: in float16, bar alpha near 1 rounds to 1 and
-    # sigma would be 0/0
+    # sigma (and the eps re-derived from a clipped x0_hat) would be 0/0
     wide = x_t.new_zeros((), dtype=torch.float64).expand(x_t.shape)
     ab = sched.at("alpha_bar", t, wide)
+    if clip_x0:
+        x0_hat = x0_hat.clamp(-1.0, 1.0)
+        eps_hat = (x_t - ab.sqrt().to(x_t.dtype) * x0_hat) / (1 - ab).sqrt().to(x_t.dtype)
     t_prev = _check_t_prev(t_prev, torch.as_tensor(t, device=x_t.device), sched.T, x_t.shape[0], eta)
     ab_prev = sched.at("alpha_bar", t_prev.clamp(min=0), wide)
     ab_prev = torch.where((t_prev < 0).reshape(ab_prev.shape), 1.0, ab_prev)  # the step to x_0: bar alpha = 1
