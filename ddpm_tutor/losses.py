@@ -32,6 +32,15 @@ def sample_t(batch: int, T: int, generator: torch.Generator | None = None, devic
     return torch.randint(0, T, (batch,), generator=generator, device=device)
 
 
+def check_min_snr_gamma(gamma) -> float:
+    """Return gamma of the min_snr weighting if it is a real number > 0 (inf allowed: the eps error unweighted);
+    a negative one would give negative weights."""
+    real = isinstance(gamma, numbers.Real) and not isinstance(gamma, bool)
+    if not (real and gamma > 0):  # NaN fails the comparison
+        raise ValueError(f"min_snr_gamma must be a number > 0 (inf allowed), got {gamma!r}")
+    return float(gamma)
+
+
 def eps_weight(
     sched: Schedule,
     t: Tensor,
@@ -50,9 +59,7 @@ def eps_weight(
     vlb: beta_t^2 / (2 sigma_t^2 alpha_t (1 - bar alpha_t)), the true bound's weight (Ho et al. 2020, eq. 12).
     Returns (B, 1, ..., 1), in x's dtype but float32 at least (1/SNR and beta_t^2 overflow or underflow float16).
     """
-    real = isinstance(min_snr_gamma, numbers.Real) and not isinstance(min_snr_gamma, bool)
-    if not (real and min_snr_gamma > 0):  # NaN fails the comparison
-        raise ValueError(f"min_snr_gamma must be a number > 0, got {min_snr_gamma!r}")
+    check_min_snr_gamma(min_snr_gamma)
     if not torch.is_tensor(x) or not x.is_floating_point():
         got = f"dtype {x.dtype}" if torch.is_tensor(x) else type(x).__name__
         raise ValueError(f"x must be a floating-point tensor of shape (B, ...), got {got}")

@@ -31,7 +31,7 @@ from .checkpoint import (  # noqa: F401 - they live in checkpoint.py
 from .checks import positive_int
 from .device import default_device
 from .diffusion import PARAMETERIZATIONS, Denoiser
-from .losses import WEIGHTINGS, diffusion_loss
+from .losses import WEIGHTINGS, check_min_snr_gamma, diffusion_loss
 from .schedules import Schedule
 
 Tensor = torch.Tensor
@@ -90,9 +90,7 @@ class TrainConfig:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        gamma = self.min_snr_gamma
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0:
-            raise ValueError(f"min_snr_gamma must be a number > 0 (inf allowed), got {gamma!r}")
+        check_min_snr_gamma(self.min_snr_gamma)
         if not 0 <= self.p_uncond < 1:
             raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond!r}")
         if self.amp not in AMP_MODES:

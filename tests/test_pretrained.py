@@ -190,3 +190,28 @@ def test_checkpoints_without_what_a_loader_needs_are_refused(tmp_path):
         tr.load(small)
     with pytest.raises(ValueError, match="no key starts with 'module.'"):
         ema_weights(tr.model.state_dict())
+
+
+def test_the_cards_hand_copied_numbers_are_the_quality_files():
+    """The model card's weighting table and per-class sentence were copied from the benchmark's output: each
+    value must be the quality file's, at the precision printed."""
+    import re
+
+    from ddpm_tutor.pretrained import quality_results
+
+    q = quality_results("mnist")
+    card = (CHECKPOINT_DIR / "mnist_unet.md").read_text()
+    table = card.split("## Why the plain v loss")[1].split("\n## ")[0]
+    rows = {"min-SNR-5": "ours_minsnr", "**plain v loss**": "ours_v_simple_1400", "eps's L_simple": "ours_eps_lsimple"}
+    for start, role in rows.items():
+        (line,) = [ln for ln in table.splitlines() if ln.startswith(f"| {start}")]
+        cells = [c.strip().strip("*") for c in line.strip("|").split("|")][1:]
+        d, bpd = q[role]["DDIM-50"], q[role]["bpd"]
+        want = [f"{d['frechet_clf']:.2f}", f"{d['frechet_rand']:.2f}", f"{d['border']:.4f}", f"{d['grey']:.4f}"]
+        want += [f"{d['confidence']:.3f}", f"{d['accuracy']:.3f}", f"{bpd['bpd']:.2f} ± {bpd['se']:.2f}"]
+        assert cells == want, (role, cells, want)
+    ours = q["ours"]["DDIM-50"]
+    per_class = re.search(r"per class at DDIM-50: ([0-9., ]+) for 0 to 9", card.replace("\n", " "))[1]
+    assert per_class.strip(" ,") == ", ".join(f"{a:.2f}" for a in ours["accuracy_per_class"])
+    counts = re.search(r"Predicted classes of its 256 DDIM-50 samples: ([0-9, ]+) for 0 to 9", card.replace("\n", " "))
+    assert counts[1].strip(" ,") == ", ".join(str(c) for c in ours["class_counts"])
