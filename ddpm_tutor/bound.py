@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .checks import flag
+from .checks import flag, generator_arg
 from .diffusion import VAR_TYPES, as_denoiser, check_model_out, p_mean_variance, q_posterior, q_sample
 from .elbo import gaussian_log_likelihood, prior_kl
 from .losses import check_image_range, discretized_gaussian_log_likelihood, mean_flat, normal_kl
@@ -111,6 +111,7 @@ def draw_steps(T: int, k: int, generator: torch.Generator | None = None) -> tupl
     Step 0 (L_0, weight 1), then one step s_h drawn uniformly from each stratum of :func:`strata`, weight N_h.
     At k = T every stratum is one step: all steps, weight 1, and the generator is not used.
     """
+    generator = generator_arg(generator)
     b = strata(T, k)
     sizes = b[1:] - b[:-1]
     if k == T:
@@ -189,6 +190,7 @@ def vlb(
     Returns dict(steps (k,), weights (k,), prior (B,), and for each var_type a dict with terms (B, k) and the
     entries of :func:`stratified_estimate`), all float64 on the CPU.
     """
+    generator = generator_arg(generator)
     _check_choice("units", units, UNITS)
     _check_choice("decoder", decoder, DECODERS)
     if not isinstance(x0, Tensor) or x0.ndim < 1 or not x0.is_floating_point():

@@ -9,7 +9,8 @@
 - :func:`real_in_range`: a real number (not a bool, NaN or tensor) in [lo, hi], such as DDIM's eta in [0, 1] (or
   an open end, such as a beta in (0, 1));
 - :func:`floating_like`: a floating-point tensor of exactly the shape of another (noise, a network's output);
-- :func:`flag`: True or False, nothing else (a string such as "no" is truthy).
+- :func:`flag`: True or False, nothing else (a string such as "no" is truthy);
+- :func:`generator_arg` and :func:`device_arg`: a torch.Generator (or None), and a device this machine has.
 
 Nothing here casts, clips or broadcasts silently: a check returns its input, or says what it does to it.
 """
@@ -18,17 +19,20 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
 import torch
 
 Tensor = torch.Tensor
 
 
 def positive_int(value, name: str, most: int | None = None) -> int:
-    """Return ``value`` if it is an int >= 1 (and <= ``most`` when given); bools and floats are refused."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (most is not None and value > most):
+    """``value`` as an int if it is an integer >= 1 (and <= ``most`` when given): a Python or numpy integer;
+    bools, floats and tensors are refused."""
+    integer = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    if not integer or value < 1 or (most is not None and value > most):
         expected = "a positive integer (an integer >= 1)" if most is None else f"an integer in 1..{most}"
         raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return value
+    return int(value)
 
 
 def _as_steps(t, device=None) -> Tensor:
@@ -157,3 +161,35 @@ def flag(value, name: str) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
     return value
+
+
+def generator_arg(generator, name: str = "generator") -> torch.Generator | None:
+    """Return ``generator`` if it is a torch.Generator or None; a seed (an int) or a numpy generator is refused."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"{name} must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None, "
+            f"got {type(generator).__name__} {generator!r}"
+        )
+    return generator
+
+
+def device_arg(device, default: str = "cpu") -> torch.device:
+    """``device`` (a string such as "cuda:0", or a torch.device; None: ``default``) as a torch.device this machine
+    has; an unknown name or a CUDA/MPS device that is not there is refused by name."""
+    if device is None:
+        device = default
+    try:
+        out = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device must be a device name such as 'cpu', 'cuda', 'cuda:0' or 'mps' (or a torch.device), got {device!r}"
+        ) from None
+    if out.type == "cuda" and not (
+        torch.cuda.is_available() and (out.index is None or out.index < torch.cuda.device_count())
+    ):
+        raise ValueError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices; use 'cpu' or one it has"
+        )
+    if out.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use 'cpu'")
+    return out

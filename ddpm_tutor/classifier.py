@@ -103,7 +103,7 @@ def train_digit_classifier(
     if y.shape != x.shape[:1]:
         raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
     image_range(x, "x")
-    positive_int(steps, "steps")
+    steps = positive_int(steps, "steps")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = DigitClassifier(config).to(device or "cpu")

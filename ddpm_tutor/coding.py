@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 
+from .checks import generator_arg
 from .diffusion import VarType, as_denoiser, p_mean_variance, q_mean_variance, q_posterior
 from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl, prior_bpd
 from .schedules import Schedule
@@ -68,6 +69,7 @@ def rate_distortion(
       ``discrete_decoder=True``, which needs data on the 256 levels of [-1, 1]);
     - ``t`` (T,) step indices, ``dims`` (D, the number of dimensions per example).
     """
+    generator = generator_arg(generator)
     if not isinstance(x0, Tensor) or x0.ndim < 2:
         raise ValueError(f"x0 must be a batch of shape (B, D, ...), got {getattr(x0, 'shape', type(x0))}")
     if not torch.isfinite(x0).all():

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import torch
 
+from .checks import generator_arg
 from .diffusion import VarType, reverse_variance
 from .schedules import Schedule
 
@@ -219,6 +220,7 @@ def continuous_elbo_terms(
     others are NaN in ``terms``; ``elbo`` is the unbiased estimate). Returns dict(terms (B, T), prior (B,),
     elbo (B,)), elbo = -(prior + sum of terms).
     """
+    generator = generator_arg(generator)
     from .bound import vlb  # bound builds on this module
 
     r = vlb(model, sched, x0, k=k, var_types=(var_type,), decoder="continuous", units="nats", generator=generator)

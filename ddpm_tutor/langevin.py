@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import positive_int
+from .checks import generator_arg, positive_int
 from .data.mixtures import GaussianMixture
 
 Tensor = torch.Tensor
@@ -107,9 +107,10 @@ def langevin_steps(
     step_size: h > 0 (the variance of the injected noise per step). Raises FloatingPointError if the
     chains diverge (h too large), ValueError on bad input.
     """
+    generator = generator_arg(generator)
     x = _check_x(x).clone()
     h = _check_step(step_size)
-    positive_int(n_steps, "n_steps")
+    n_steps = positive_int(n_steps, "n_steps")
     for k in range(n_steps):
         x = langevin_update(x, _score(score_fn, x), h, _noise_like(x, generator))
     _check_finite_state(x, f"after {n_steps} steps of size {h:g}")
@@ -169,9 +170,10 @@ def annealed_langevin(
     Returns the final x, or, with ``yield_intermediates=True``, an iterator of :class:`LangevinState`
     (every state: on entry to each level, then after each step) for players and plots.
     """
+    generator = generator_arg(generator)
     x = _check_x(x).clone()
     s = _check_sigmas(sigmas)
-    positive_int(n_steps_each, "n_steps_each")
+    n_steps_each = positive_int(n_steps_each, "n_steps_each")
     eps_step = _check_step(eps_step, "eps_step")
     it = _annealed_iter(score_fn, x, s, n_steps_each, eps_step, generator)
     if yield_intermediates:
@@ -185,7 +187,7 @@ def annealed_langevin(
 def geometric_sigmas(sigma_max: float, sigma_min: float, n_levels: int) -> Tensor:
     """n_levels noise levels from sigma_max down to sigma_min, equally spaced in log (Song & Ermon 2019, sec. 5)."""
     hi, lo = _check_step(sigma_max, "sigma_max"), _check_step(sigma_min, "sigma_min")
-    positive_int(n_levels, "n_levels")
+    n_levels = positive_int(n_levels, "n_levels")
     if n_levels > 1 and not hi > lo:
         raise ValueError(f"sigma_max must exceed sigma_min, got {sigma_max!r} <= {sigma_min!r}")
     return torch.logspace(math.log10(hi), math.log10(lo), n_levels, dtype=torch.float64)

@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from .checks import image_range
+from .checks import generator_arg, image_range
 from .diffusion import VarType, as_denoiser, check_model_out, q_mean_variance, q_sample, reverse_variance, target_for
 from .schedules import Schedule
 
@@ -29,6 +29,7 @@ def mean_flat(x: Tensor) -> Tensor:
 
 def sample_t(batch: int, T: int, generator: torch.Generator | None = None, device=None) -> Tensor:
     """Steps drawn uniformly from 0..T-1 (Ho et al. 2020, Algorithm 1, line 3)."""
+    generator = generator_arg(generator)
     return torch.randint(0, T, (batch,), generator=generator, device=device)
 
 
@@ -91,6 +92,7 @@ def diffusion_loss(
     t: Tensor | None = None,
     eps: Tensor | None = None,
     min_snr_gamma: float = 5.0,
+    check_data: bool = True,
 ) -> Tensor:
     """Per-example training loss at a random step (B,): Algorithm 1 of Ho et al. 2020, generalised.
 
@@ -99,7 +101,10 @@ def diffusion_loss(
     loss is the plain mean squared error of the network's own target (eps, x0, v or score). Other weightings
     are stated on the eps error ||eps - eps_hat||^2, whatever the network predicts, so that the same weighting
     means the same objective for every parameterisation (Turner et al. 2024, sec. 3 and 5).
+    ``check_data=False`` skips the check that x0 is finite, for a caller that checked its data set once: on a
+    GPU that check makes the CPU wait for the device at every call.
     """
+    generator = generator_arg(generator)
     if not isinstance(sched, Schedule):
         raise ValueError(f"sched must be a Schedule (e.g. Schedule.linear(1000)), got {type(sched).__name__}")
     if not isinstance(x0, Tensor) or x0.ndim < 2:
@@ -108,7 +113,7 @@ def diffusion_loss(
         raise ValueError(f"x0 must be a floating-point tensor (e.g. x.float() / 127.5 - 1), got dtype {x0.dtype}")
     if x0.numel() == 0 and x0.shape[0] > 0:
         raise ValueError(f"x0 must hold at least one value per example, got shape {tuple(x0.shape)}")
-    if not bool(torch.isfinite(x0).all()):
+    if check_data and not bool(torch.isfinite(x0).all()):
         raise ValueError(f"x0 must be finite, but it holds {int((~torch.isfinite(x0)).sum())} NaN/inf values")
     if weighting not in WEIGHTINGS:  # before the network runs
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
@@ -129,6 +134,7 @@ def diffusion_loss(
 
 def l_simple(model, sched: Schedule, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """L_simple = E_{t, eps} ||eps - eps_theta(x_t, t)||^2, mean over pixels (Ho et al. 2020, eq. 14). Returns (B,)."""
+    generator = generator_arg(generator)
     return diffusion_loss(model, sched, x0, generator=generator, weighting="simple")
 
 
@@ -194,6 +200,7 @@ def bits_per_dim(
     [-1, 1]. Returns dict(total (B,), prior (B,), terms (B, T) with NaN where a step was not drawn, n_terms,
     se_steps, se_images, se).
     """
+    generator = generator_arg(generator)
     from .bound import vlb  # bound builds on this module
 
     r = vlb(model, sched, x0, k=n_terms, var_types=(var_type,), generator=generator, clip_x0=clip_x0)

@@ -95,7 +95,7 @@ def compare_to_data(
     a *perfect* model (data compared with data) scored energy-distance ratios from 0.49 to 1.29 with one set
     of samples and 5 reference draws (12 trials), and from 0.79 to 1.32 as the mean over 5 sets (6 trials).
     """
-    positive_int(references, "references")
+    references = positive_int(references, "references")
     sets = [samples] if isinstance(samples, Tensor) else list(samples)
     if not sets or any(not isinstance(x, Tensor) or x.ndim != 2 for x in sets):
         raise ValueError("samples must be a tensor (n, D) or a non-empty list of them")

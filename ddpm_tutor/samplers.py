@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import batch_steps, flag, positive_int, real_in_range, step_indices
-from .diffusion import VAR_TYPES, Parameterization, VarType, as_denoiser, p_from_prediction, to_x0_eps
+from .checks import batch_steps, device_arg, flag, generator_arg, positive_int, real_in_range, step_indices
+from .diffusion import VAR_TYPES, Parameterization, VarType, as_denoiser, check_model_out, p_from_prediction, to_x0_eps
 from .schedules import Schedule
 
 Tensor = torch.Tensor
@@ -142,11 +142,17 @@ def ddpm_step(
     flag(clip_x0, "clip_x0")
     if not torch.is_tensor(t) and not isinstance(t, bool):  # a plain int or list of step indices
         t = torch.as_tensor(t, device=x_t.device)
-    x0_hat, eps_hat = to_x0_eps(sched, x_t, t, model_out, parameterization)
+    check_model_out(model_out, x_t)
     _check_noise(noise, x_t)
+    # float16/bfloat16 in, the step in float32: at high noise bar alpha underflows float16 (the cosine schedule's
+    # last steps) and x0_hat = x_t / sqrt(bar alpha) becomes inf, its posterior weight 0: 0 * inf = NaN
+    dtype = x_t.dtype
+    work = torch.promote_types(dtype, torch.float32)
+    x_t, model_out, noise = x_t.to(work), model_out.to(work), noise.to(work)
+    x0_hat, eps_hat = to_x0_eps(sched, x_t, t, model_out, parameterization)
     p = p_from_prediction(sched, x_t, t, x0_hat, eps_hat, var_type=var_type, clip_x0=clip_x0)
-    nonzero = (t != 0).to(x_t.dtype).reshape((-1,) + (1,) * (x_t.ndim - 1))
-    return p["mean"] + nonzero * p["variance"].sqrt() * noise, p["x0_hat"]
+    nonzero = (t != 0).to(work).reshape((-1,) + (1,) * (x_t.ndim - 1))
+    return (p["mean"] + nonzero * p["variance"].sqrt() * noise).to(dtype), p["x0_hat"].to(dtype)
 
 
 def ddpm_steps(
@@ -170,7 +176,7 @@ def ddpm_steps(
     of at T - 1: copies of one x_t finished with fresh noise (Ho et al. 2020, Figure 7).
     """
     den = as_denoiser(model, sched)
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    device, generator = device_arg(device), generator_arg(generator)
     flag(clip_x0, "clip_x0")
     if var_type not in VAR_TYPES:
         raise ValueError(f"var_type must be one of {VAR_TYPES}, got {var_type!r}")
@@ -229,8 +235,8 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "leading") -> list[int]:
     spacing Song et al. used for CIFAR-10 (appendix D.2 and their code), dense at low noise and starting at
     0.8 T; where two would coincide near 0 the later is moved up by one so that all ``steps`` are distinct.
     """
-    positive_int(T, "T")
-    positive_int(steps, "steps", most=T)
+    T = positive_int(T, "T")
+    steps = positive_int(steps, "steps", most=T)
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
     if spacing == "leading":
@@ -316,7 +322,7 @@ def ddim_steps(
     ancestral sampler with var_type "fixed_small".
     """
     den = as_denoiser(model, sched)
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    device, generator = device_arg(device), generator_arg(generator)
     eta = real_in_range(eta, "eta", 0.0, 1.0, _ETA_NOTE)
     flag(clip_x0, "clip_x0")
     ts = list(timesteps) if timesteps is not None else ddim_timesteps(sched.T, steps, spacing)

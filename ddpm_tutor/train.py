@@ -76,7 +76,7 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
-            positive_int(getattr(self, name), name)
+            setattr(self, name, positive_int(getattr(self, name), name))  # a numpy int becomes an int
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         # a negative clip norm flips every gradient (gradient ascent); negative warmup or decay are meaningless

@@ -8,8 +8,8 @@ database in the repository.
 
 Each case draws valid arguments and then, most of the time, spoils one of them ("the fault"), so that valid and
 invalid inputs are both well explored; whether the input is valid is then decided from the arguments alone, by
-the rules the docstrings state, not from the fault drawn. Where code this file may not change (cli.py, train.py,
-samplers.py) still fails a property, the strategy leaves that input out; a ``KNOWN:`` comment says which and why.
+the rules the docstrings state, not from the fault drawn. No input is left out: where the library still failed a
+property, a strategy used to leave that input out under a ``KNOWN:`` comment; none is left.
 A diverging ``train`` (too high an --lr) may end with status 1 and one line starting "train:"; its run folder
 then holds only what a save reached before it diverged.
 """
@@ -26,6 +26,7 @@ import re
 import traceback
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, event, example, given, settings
@@ -97,7 +98,8 @@ def fault(draw, *args: str, valid_share: int = 2) -> str | None:
 
 
 def is_int(value, lo=None, hi=None) -> bool:
-    ok = isinstance(value, int) and not isinstance(value, bool)
+    """A Python or numpy integer (not a bool) in [lo, hi]."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
     return ok and (lo is None or value >= lo) and (hi is None or value <= hi)
 
 
@@ -593,7 +595,9 @@ def test_vlb_with_few_terms_is_finite_or_refused(case):
 @CHEAP
 @given(
     T=st.one_of(st.integers(1, 300), st.integers(1, 300), st.sampled_from([0, -1, True, 10.0, "10", None])),
-    steps=st.one_of(st.integers(1, 300), st.integers(-2, 310), st.sampled_from([True, 2.0, "5", None])),
+    steps=st.one_of(
+        st.integers(1, 300), st.integers(-2, 310).map(np.int64), st.sampled_from([True, np.bool_(True), 2.0, "5", None])
+    ),
     spacing=st.one_of(st.sampled_from(SPACINGS), st.sampled_from(("linear", ""))),
 )
 def test_ddim_timesteps_are_distinct_decreasing_steps_in_range_or_refused(T, steps, spacing):
@@ -604,14 +608,10 @@ def test_ddim_timesteps_are_distinct_decreasing_steps_in_range_or_refused(T, ste
     assert len(ts) == steps and all(is_int(s, 0, T - 1) for s in ts) and all(a > b for a, b in zip(ts, ts[1:]))
 
 
-# KNOWN: generator and device are left at valid values. ddpm_sample(model, sched, (2, 2), generator=3) raises an
-# AttributeError ('int' object has no attribute 'device') and ddpm_sample/ddim_sample(..., device="gpu") torch's
-# RuntimeError ("Expected one of cpu, cuda, ..."), both from samplers.py. And the schedules here are short: in
-# float16, ddpm_sample(eps_model, Schedule.cosine(1000), (4, 2), dtype=torch.float16) still ends non-finite.
-# KNOWN: DDIM with clip_x0=True runs in float32/float64 only. In float16 and bfloat16 the clipped branch of ddim_step
-# still divides by sqrt(1 - bar alpha) in x_t's dtype, 0 where bar alpha rounds to 1 (linear schedules): NaN, e.g.
-# ddim_sample(eps_model, Schedule.linear(10), (1, 1), steps=1, clip_x0=True, dtype=torch.float16) (samplers.py).
+# Any generator and device: a bad one is refused by name (a seed for a Generator, 'gpu', a CUDA this machine lacks).
 HALF = (torch.float16, torch.bfloat16)
+BAD_GENERATORS = st.sampled_from([3, "0", 0.5, __import__("numpy").random.default_rng(0)])
+BAD_DEVICES = st.sampled_from(["gpu", "cuda:99", "", 3.5, "mps:0" if not torch.backends.mps.is_available() else "gpu"])
 SHAPES = st.one_of(
     st.tuples(st.integers(1, 3), st.integers(1, 3)),
     st.lists(st.integers(1, 3), min_size=1, max_size=3).flatmap(
@@ -661,28 +661,41 @@ def shape_dtype_for(draw, spoil, floats=FLOATS):
 @st.composite
 def ddim_cases(draw):
     sched = SCHEDULES[draw(SCHED_NAMES)]
-    spoil = fault(draw, "steps", "eta", "spacing", "x_T", "clip_x0", "shape", "dtype")
+    spoil = fault(draw, "steps", "eta", "spacing", "x_T", "clip_x0", "shape", "dtype", "generator", "device")
     clip = draw(st.sampled_from(["no", 0, None] if spoil == "clip_x0" else [False, True]))
-    floats = [d for d in FLOATS if not (clip is True and d in HALF)]  # KNOWN above
+    floats = FLOATS
     shape, passed, dtype = shape_dtype_for(draw, spoil, floats)
     bad_steps = st.one_of(st.sampled_from([0, -1, sched.T + 1, True, 2.0, None, "2"]))
     steps = draw(bad_steps if spoil == "steps" else st.integers(1, sched.T))
     eta = draw(BAD_ETAS if spoil == "eta" else GOOD_ETAS)
     spacing = draw(st.sampled_from(("uniform", None) if spoil == "spacing" else SPACINGS))
     x_T = draw(x_T_for(shape, bad=spoil == "x_T", floats=floats))
-    return sched, passed, steps, eta, spacing, x_T, clip, dtype
+    where = generator_device(draw, spoil)
+    return sched, passed, steps, eta, spacing, x_T, clip, dtype, where
+
+
+def generator_device(draw, spoil) -> dict:
+    """generator= and device= for a sampler: valid ones (None, a seeded CPU generator, "cpu") unless spoilt."""
+    gen = draw(BAD_GENERATORS) if spoil == "generator" else torch.Generator().manual_seed(0)
+    device = draw(BAD_DEVICES) if spoil == "device" else draw(st.sampled_from([None, "cpu", torch.device("cpu")]))
+    return dict(generator=gen, device=device)
+
+
+def generator_device_ok(where) -> bool:
+    return isinstance(where["generator"], torch.Generator) and (
+        where["device"] is None or torch.device(where["device"]).type == "cpu"
+    )
 
 
 @MEDIUM
 @given(ddim_cases())
 def test_ddim_sample_is_finite_of_its_shape_or_refused(case):
-    sched, shape, steps, eta, spacing, x_T, clip, dtype = case
+    sched, shape, steps, eta, spacing, x_T, clip, dtype, where = case
     valid = is_int(steps, 1, sched.T) and is_real(eta, 0, 1) and spacing in SPACINGS and isinstance(clip, bool)
     valid = valid and shape_ok(shape) and isinstance(dtype, torch.dtype) and dtype.is_floating_point
-    valid = valid and x_T_ok(x_T, shape)
-    gen = torch.Generator().manual_seed(0)
-    kw = dict(steps=steps, eta=eta, spacing=spacing, clip_x0=clip, x_T=x_T, dtype=dtype, generator=gen)
-    names = "steps", "eta", "spacing", "x_T", "clip_x0", "shape", "dtype"
+    valid = valid and x_T_ok(x_T, shape) and generator_device_ok(where)
+    kw = dict(steps=steps, eta=eta, spacing=spacing, clip_x0=clip, x_T=x_T, dtype=dtype, **where)
+    names = "steps", "eta", "spacing", "x_T", "clip_x0", "shape", "dtype", "generator", "device"
     x = outcome(lambda: ddim_sample(eps_model, sched, shape, **kw), valid, *names)
     if x is not None:
         assert x.shape == tuple(shape) and finite(x) and x.dtype == (dtype if x_T is None else x_T.dtype)
@@ -691,27 +704,26 @@ def test_ddim_sample_is_finite_of_its_shape_or_refused(case):
 @st.composite
 def ddpm_cases(draw):
     sched = SCHEDULES[draw(SCHED_NAMES)]
-    spoil = fault(draw, "var_type", "clip_x0", "x_T", "t_start", "shape", "dtype")
+    spoil = fault(draw, "var_type", "clip_x0", "x_T", "t_start", "shape", "dtype", "generator", "device")
     shape, passed, dtype = shape_dtype_for(draw, spoil)
     var_type = draw(st.sampled_from(("learned", None) if spoil == "var_type" else VAR_TYPES))
     clip = draw(st.sampled_from(["no", 1] if spoil == "clip_x0" else [False, True]))
     x_T = draw(x_T_for(shape, bad=spoil == "x_T"))
     good_start = st.none() if x_T is None else st.one_of(st.none(), st.integers(0, sched.T - 1))
     t_start = draw(st.sampled_from([-1, sched.T, 2.0, True]) if spoil == "t_start" else good_start)
-    return sched, passed, var_type, clip, x_T, t_start, dtype
+    return sched, passed, var_type, clip, x_T, t_start, dtype, generator_device(draw, spoil)
 
 
 @MEDIUM
 @given(ddpm_cases())
 def test_ddpm_sample_is_finite_of_its_shape_or_refused(case):
-    sched, shape, var_type, clip, x_T, t_start, dtype = case
+    sched, shape, var_type, clip, x_T, t_start, dtype, where = case
     t_start_ok = t_start is None or (is_int(t_start, 0, sched.T - 1) and x_T is not None)
     valid = var_type in VAR_TYPES and isinstance(clip, bool) and t_start_ok
     valid = valid and shape_ok(shape) and isinstance(dtype, torch.dtype) and dtype.is_floating_point
-    valid = valid and x_T_ok(x_T, shape)
-    gen = torch.Generator().manual_seed(0)
-    kw = dict(var_type=var_type, clip_x0=clip, x_T=x_T, t_start=t_start, dtype=dtype, generator=gen)
-    names = "var_type", "clip_x0", "x_T", "t_start", "shape", "dtype"
+    valid = valid and x_T_ok(x_T, shape) and generator_device_ok(where)
+    kw = dict(var_type=var_type, clip_x0=clip, x_T=x_T, t_start=t_start, dtype=dtype, **where)
+    names = "var_type", "clip_x0", "x_T", "t_start", "shape", "dtype", "generator", "device"
     x = outcome(lambda: ddpm_sample(eps_model, sched, shape, **kw), valid, *names)
     if x is not None:
         assert x.shape == tuple(shape) and finite(x) and x.dtype == (dtype if x_T is None else x_T.dtype)
@@ -770,10 +782,6 @@ def test_ddim_step_is_finite_or_refused(case):
 @given(step_cases())
 def test_ddpm_step_is_finite_or_refused(case):
     sched, x, t, t_ok, _, _, out, noise, _, var_type = case
-    # KNOWN: ddpm_step gets t as an int or a tensor, not as a list. ddpm_step(Schedule.linear(10), x, [3, 4],
-    # 0.1 * x, x) with x = torch.randn(2, 2) raises AttributeError ('bool' object has no attribute 'to', samplers.py
-    # `(t != 0).to(...)`: only a plain int t is made a tensor); ddim_step takes the list.
-    t = torch.as_tensor(t) if isinstance(t, list) else t
     valid = x.is_floating_point() and t_ok and fits(out, x) and fits(noise, x) and var_type in VAR_TYPES
     call = lambda: ddpm_step(sched, x, t, out, noise, var_type=var_type)
     got = outcome(call, valid, "x_t", "t", "model output", "noise", "var_type")

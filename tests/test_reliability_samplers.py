@@ -240,3 +240,50 @@ def test_ddpm_step_takes_a_plain_int_step():
     a = ddpm_step(sched, x, 5, 0.1 * x, z)[0]
     b = ddpm_step(sched, x, torch.tensor(5), 0.1 * x, z)[0]
     assert torch.equal(a, b)
+
+
+def test_float16_ddpm_on_the_cosine_schedule_is_finite_and_matches_float64():
+    # bar alpha of cosine(1000)'s last steps underflows float16: x0_hat was inf and 0 * inf made the chain NaN
+    sched = Schedule.cosine(1000)
+    model = gaussian_eps(sched)
+    x = torch.randn(4, 2, generator=_gen(3))
+    z = torch.randn(4, 2, generator=_gen(4))
+    for t in (999, 998, 500, 1):
+        tt = torch.tensor(t)
+        wide = ddpm_step(sched, x.double(), tt, model(x.double(), tt.expand(4)), z.double())[0]
+        half = ddpm_step(sched, x.half(), tt, model(x.half(), tt.expand(4)), z.half())[0]
+        assert half.dtype == torch.float16 and torch.isfinite(half).all()
+        torch.testing.assert_close(half.double(), wide, atol=2e-2, rtol=2e-2)
+    x0 = ddpm_sample(model, sched, (64, 2), generator=_gen(5), dtype=torch.float16)
+    assert x0.dtype == torch.float16 and torch.isfinite(x0).all()
+    assert 0.7 < float(x0.float().std()) < 1.3  # the exact model of N(0, I) data samples N(0, I)
+
+
+@pytest.mark.parametrize("sampler", [ddpm_sample, ddim_sample])
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (dict(generator=3), "generator must be a torch.Generator"),
+        (dict(generator="0"), "generator must be a torch.Generator"),
+        (dict(device="gpu"), "device must be a device name"),
+        (dict(device="cuda:99"), "CUDA devices"),
+    ],
+)
+def test_a_bad_generator_or_device_is_refused_by_name(sampler, kw, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        sampler(gaussian_eps(SCHED), SCHED, (2, 2), **kw)
+
+
+def test_numpy_integers_are_taken_as_integers():
+    import numpy as np
+
+    from ddpm_tutor.samplers import ddim_timesteps
+    from ddpm_tutor.train import TrainConfig
+
+    assert ddim_timesteps(np.int64(100), np.int64(10)) == ddim_timesteps(100, 10)
+    cfg = TrainConfig(steps=np.int64(7), batch_size=np.int32(4))
+    assert (cfg.steps, cfg.batch_size) == (7, 4) and type(cfg.steps) is int  # plain ints: checkpoints load them
+    with pytest.raises(ValueError, match="steps must be"):
+        ddim_timesteps(100, np.bool_(True))
+    x = ddim_sample(gaussian_eps(SCHED), SCHED, (3, 2), steps=np.int64(5), generator=_gen())
+    assert x.shape == (3, 2) and torch.isfinite(x).all()

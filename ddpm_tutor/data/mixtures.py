@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..checks import batch_steps, null_labels
+from ..checks import batch_steps, generator_arg, null_labels
 from ..diffusion import expand_labels
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None, return_labels: bool = False):
         """n draws (n, D) float64 (and their component labels (n,) when asked)."""
+        generator = generator_arg(generator)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         x = self.means[k] + (torch.linalg.cholesky(self.covs)[k] @ z[..., None])[..., 0]

@@ -7,7 +7,7 @@ import math
 import torch
 from sklearn import datasets as skd
 
-from ..checks import positive_int
+from ..checks import generator_arg, positive_int
 
 Tensor = torch.Tensor
 TOY2D = ("moons", "swiss_roll", "8gaussians", "checkerboard")
@@ -25,7 +25,8 @@ def toy2d(name: str, n: int, generator: torch.Generator | None = None) -> Tensor
     swiss_roll comes from scikit-learn (make_swiss_roll); 8gaussians is a ring of
     eight narrow Gaussians; checkerboard is uniform on the dark squares of a 4x4 board.
     """
-    positive_int(n, "n")
+    generator = generator_arg(generator)
+    n = positive_int(n, "n")
     if name == "moons":
         # drawn here rather than by scikit-learn's make_moons, which places the points at evenly spaced angles
         # and splits them n/2 : n/2: its draws are more regular than independent samples, so two of them agree

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..checks import batch_steps, positive_int
+from ..checks import batch_steps, generator_arg, positive_int
 from ..diffusion import q_sample
 from ..schedules import Schedule
 from .mlp import timestep_embedding
@@ -82,7 +82,8 @@ def train_noisy_classifier(
     x: (N, D) clean data, y: (N,) labels. All randomness comes from ``generator`` (CPU). Returns the
     per-step losses (nats). The classifier is left in eval mode.
     """
-    positive_int(steps, "steps")
+    generator = generator_arg(generator)
+    steps = positive_int(steps, "steps")
     x = torch.as_tensor(x, dtype=torch.float32)
     y = torch.as_tensor(y, dtype=torch.long)
     if x.ndim != 2 or y.shape != x.shape[:1]:

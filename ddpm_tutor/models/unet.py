@@ -48,7 +48,7 @@ class UNetConfig:
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
         self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
         for name in ("image_size", "in_channels", "out_channels", "ch", "num_res_blocks", "num_groups"):
-            positive_int(getattr(self, name), f"UNetConfig.{name}")
+            setattr(self, name, positive_int(getattr(self, name), f"UNetConfig.{name}"))
         if not self.ch_mult or min(self.ch_mult) < 1:
             raise ValueError(f"UNetConfig.ch_mult must be a non-empty tuple of positive integers, got {self.ch_mult}")
         factor = 2 ** (len(self.ch_mult) - 1)
