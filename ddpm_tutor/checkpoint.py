@@ -37,6 +37,7 @@ from typing import BinaryIO
 import torch
 from torch import nn
 
+from .checks import device_arg
 from .device import default_device
 from .models.mlp import MLPConfig, MLPDenoiser
 from .models.unet import UNet, UNetConfig
@@ -415,7 +416,7 @@ def load_model(
     state = read_checkpoint(path, MODEL_KEYS if ema else MODEL_KEYS + ("model",))
     model = build_model(state["model_spec"])
     model.load_state_dict(ema_weights(state["ema"]) if ema else state["model"])
-    model.to(device or default_device()).eval()
+    model.to(device_arg(device, default=default_device())).eval()
     sched = schedule_of(state)
     parameterization = state.get("train_config", {}).get("parameterization", "eps")
     if as_eps:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CLASSIFIER_FORMAT, check_format, load_checkpoint, save_checkpoint
-from .checks import image_range, positive_int
+from .checks import device_arg, image_range, positive_int
 
 Tensor = torch.Tensor
 
@@ -106,7 +106,7 @@ def train_digit_classifier(
     steps = positive_int(steps, "steps")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = DigitClassifier(config).to(device or "cpu")
+    model = DigitClassifier(config).to(device_arg(device))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     model.train()
@@ -232,7 +232,7 @@ def load_classifier(path, device=None) -> DigitClassifier:
     model = DigitClassifier(DigitClassifierConfig(**state["config"]))
     model.load_state_dict(state["state_dict"])
     model.meta = state.get("meta", {})
-    return model.to(device or "cpu").eval()
+    return model.to(device_arg(device)).eval()
 
 
 def load_digit_classifier(device=None) -> DigitClassifier:

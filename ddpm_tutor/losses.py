@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from .checks import generator_arg, image_range
+from .checks import device_arg, generator_arg, image_range
 from .diffusion import VarType, as_denoiser, check_model_out, q_mean_variance, q_sample, reverse_variance, target_for
 from .schedules import Schedule
 
@@ -30,7 +30,7 @@ def mean_flat(x: Tensor) -> Tensor:
 def sample_t(batch: int, T: int, generator: torch.Generator | None = None, device=None) -> Tensor:
     """Steps drawn uniformly from 0..T-1 (Ho et al. 2020, Algorithm 1, line 3)."""
     generator = generator_arg(generator)
-    return torch.randint(0, T, (batch,), generator=generator, device=device)
+    return torch.randint(0, T, (batch,), generator=generator, device=None if device is None else device_arg(device))
 
 
 def check_min_snr_gamma(gamma) -> float:

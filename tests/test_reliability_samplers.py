@@ -287,3 +287,20 @@ def test_numpy_integers_are_taken_as_integers():
         ddim_timesteps(100, np.bool_(True))
     x = ddim_sample(gaussian_eps(SCHED), SCHED, (3, 2), steps=np.int64(5), generator=_gen())
     assert x.shape == (3, 2) and torch.isfinite(x).all()
+
+
+def test_loaders_and_trainers_refuse_a_device_this_machine_lacks():
+    from ddpm_tutor.classifier import load_digit_classifier
+    from ddpm_tutor.losses import sample_t
+    from ddpm_tutor.pretrained import load_pretrained
+
+    for call in (
+        lambda: load_pretrained("mnist", device="gpu"),
+        lambda: load_digit_classifier(device="gpu"),
+        lambda: sample_t(3, 10, device="gpu"),
+    ):
+        with pytest.raises(ValueError, match="device must be a device name"):
+            call()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA devices"):
+            load_digit_classifier(device="cuda")

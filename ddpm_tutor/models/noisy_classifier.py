@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..checks import batch_steps, generator_arg, positive_int
+from ..checks import batch_steps, device_arg, generator_arg, positive_int
 from ..diffusion import q_sample
 from ..schedules import Schedule
 from .mlp import timestep_embedding
@@ -88,7 +88,7 @@ def train_noisy_classifier(
     y = torch.as_tensor(y, dtype=torch.long)
     if x.ndim != 2 or y.shape != x.shape[:1]:
         raise ValueError(f"x must be (N, D) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
-    device = torch.device(device) if device is not None else next(classifier.parameters()).device
+    device = device_arg(device, default=next(classifier.parameters()).device)
     classifier.to(device).train()
     opt = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=weight_decay)
     lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
