@@ -334,3 +334,43 @@ class UNet(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _n(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def parameter_table(model: UNet) -> list[dict]:
+    """Where a U-Net's parameters are: one row per part, in the order the input flows through them.
+
+    Each row: part (name), resolution (side length, None for the time embedding), channels (out), blocks
+    (residual blocks; attention ones counted in attention), and the parameters of its residual blocks, its
+    attention, its resampler and in total. The totals add up to ``count_parameters(model)``.
+    """
+    if not isinstance(model, UNet):
+        raise TypeError(f"model must be a UNet, got {type(model).__name__}")
+    c = model.config
+    rows = [dict(part="time embedding (sinusoid -> MLP)", resolution=None, channels=4 * c.ch, blocks=0,
+                 res=0, attention=0, resample=0, total=_n(model.time_mlp))]  # fmt: skip
+    if model.label_emb is not None:
+        rows.append(dict(part="label embedding", resolution=None, channels=4 * c.ch, blocks=0, res=0, attention=0,
+                         resample=0, total=_n(model.label_emb)))  # fmt: skip
+    rows.append(dict(part="conv_in", resolution=c.image_size, channels=c.ch, blocks=0, res=0, attention=0,
+                     resample=0, total=_n(model.conv_in)))  # fmt: skip
+
+    def level_row(part: str, level: Level, r: int) -> dict:
+        res, att, rs = _n(level.res), _n(level.attn), _n(level.resample)
+        ch = level.res[-1].conv2.out_channels
+        return dict(part=part, resolution=r, channels=ch, blocks=len(level.res), res=res, attention=att,
+                    resample=rs, total=res + att + rs)  # fmt: skip
+
+    for i, (level, r) in enumerate(zip(model.down, c.resolutions)):
+        rows.append(level_row(f"down {i + 1}", level, r))
+    mid_res, mid_att = _n(model.mid_res1) + _n(model.mid_res2), _n(model.mid_attn)
+    rows.append(dict(part="middle", resolution=c.resolutions[-1], channels=model.mid_res1.conv2.out_channels,
+                     blocks=2, res=mid_res, attention=mid_att, resample=0, total=mid_res + mid_att))  # fmt: skip
+    for level, r in zip(model.up, reversed(c.resolutions)):
+        rows.append(level_row(f"up at {r}x{r}", level, r))
+    rows.append(dict(part="output (GroupNorm, conv_out)", resolution=c.image_size, channels=c.out_channels, blocks=0,
+                     res=0, attention=0, resample=0, total=_n(model.norm_out) + _n(model.conv_out)))  # fmt: skip
+    return rows
