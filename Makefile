@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: book book-student test lint test-lib test-nb test-book test-browser venv clean node-deps chromium mathjax
+.PHONY: book book-student assignments test lint test-lib test-nb test-book test-browser venv clean node-deps chromium mathjax
 
 venv: $(STAMP)
 
@@ -23,9 +23,11 @@ book: $(STAMP) mathjax
 	@case "$${DDPM_TUTOR_BUDGET:-book}" in ci) echo "make book: budget ci is for make test-book (_build_ci)"; exit 2;; esac
 	DDPM_TUTOR_BUDGET=$${DDPM_TUTOR_BUDGET:-book} $(BIN)/jupyter-book build . -W -n --keep-going
 
-## The student edition: the same book without solutions (sphinx-exercise hide_solutions) into
-## _build_student/_build/html. It reuses the book's execution cache, so run `make book` first to save time.
+## The student edition: the same book without solutions (sphinx-exercise hide_solutions) and without the
+## instructor's guide (book/instructors.md: left out of its toc and sources) into _build_student/_build/html.
+## It reuses the book's execution cache, so run `make book` first to save time.
 STUDENT_CONFIG := _build_student/_config_student.yml
+STUDENT_TOC := _build_student/_toc_student.yml
 book-student: $(STAMP) mathjax
 	@case "$${DDPM_TUTOR_BUDGET:-book}" in ci) echo "make book-student: budget ci is for make test-book"; exit 2;; esac
 	mkdir -p _build_student
@@ -34,19 +36,35 @@ book-student: $(STAMP) mathjax
 	c["sphinx"]["recursive_update"] = True; \
 	c["title"] = c["title"] + " (student edition)"; \
 	c.setdefault("execute", {})["cache"] = str(pathlib.Path("_build/.jupyter_cache").resolve()); \
-	yaml.safe_dump(c, open(sys.argv[1], "w"), sort_keys=False)' $(STUDENT_CONFIG)
+	c["exclude_patterns"] = c.get("exclude_patterns", []) + ["book/instructors.md"]; \
+	yaml.safe_dump(c, open(sys.argv[1], "w"), sort_keys=False); \
+	t = yaml.safe_load(open("_toc.yml")); \
+	[p.update(chapters=[f for f in p["chapters"] if f.get("file") != "book/instructors"]) for p in t["parts"]]; \
+	yaml.safe_dump(t, open(sys.argv[2], "w"), sort_keys=False)' $(STUDENT_CONFIG) $(STUDENT_TOC)
 	DDPM_TUTOR_BUDGET=$${DDPM_TUTOR_BUDGET:-book} $(BIN)/jupyter-book build . --config $(STUDENT_CONFIG) \
-	  --path-output _build_student -W -n --keep-going
+	  --toc $(STUDENT_TOC) --path-output _build_student -W -n --keep-going
+	@! test -e _build_student/_build/html/book/instructors.html \
+	  || { echo "make book-student: the instructor's guide is in the student edition"; exit 1; }
 	@! grep -rl 'class="solution' _build_student/_build/html --include=*.html \
 	  || { echo "make book-student: a solution is left in the pages above"; exit 1; }
+
+## The nbgrader course of the exercises into _build/course (COURSE=...; BY=part for one assignment per part),
+## released: student notebooks without solutions in _build/course/release. Grading: see the instructor's guide.
+COURSE ?= _build/course
+BY ?= chapter
+assignments: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m ddpm_tutor.assignments build --out $(COURSE) --by $(BY)
+	OMP_NUM_THREADS=1 $(BIN)/python -m ddpm_tutor.assignments release --course $(COURSE)
 
 ## Every test: lint, the library, the notebooks (nbval, budget ci), the book build and the browser check
 test: lint test-lib test-nb test-book test-browser
 
-## ruff (settings in pyproject.toml): lint and format of the library, tests and benchmarks
+## ruff (settings in pyproject.toml): lint and format of the library, tests and benchmarks; actionlint (with
+## requirements.txt's shellcheck on the `run:` scripts, pyflakes off) over every file of .github/workflows
 lint: $(STAMP)
 	$(BIN)/ruff check
 	$(BIN)/ruff format --check
+	$(BIN)/actionlint -shellcheck=$(BIN)/shellcheck -pyflakes= $(wildcard .github/workflows/*.yml .github/workflows/*.yaml)
 
 ## Two workers, one thread each: the tests are many small computations, so two processes use the two cores
 ## better than one process with two threads (whose spinning threads also slow everything else down).

@@ -73,10 +73,25 @@ def step_indices(t, T: int | None = None) -> Tensor:
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"t must hold integer step indices in 0..{top}, got dtype {t.dtype}")
     if t.numel():
+        message = f"t must lie in 0..{top} (index i is the paper's step i+1)"
+        if on_accelerator(t):  # checked on the device, without making the host wait for it (see on_accelerator)
+            torch._assert_async((t >= 0).all() & ((t <= T - 1).all() if T is not None else True), message)
+            return t.long()
         lo, hi = (int(v) for v in torch.aminmax(t))  # one pass over t: this runs at every sampler step
         if lo < 0 or (T is not None and hi > T - 1):
-            raise ValueError(f"t must lie in 0..{top} (index i is the paper's step i+1), got range {lo}..{hi}")
+            raise ValueError(f"{message}, got range {lo}..{hi}")
     return t.long()
+
+
+def on_accelerator(x: Tensor) -> bool:
+    """Whether ``x`` lives on a GPU (any device but the CPU): there a value check runs as a device-side assert.
+
+    Reading a value back (``int(t.max())``) makes the host wait for the device, at every training and sampling
+    step. On a GPU the range checks of step indices and labels therefore run on the device
+    (``torch._assert_async``): a bad value still stops the program, with the check's message in the CUDA error,
+    but only when the device reaches it. On the CPU the checks raise a ValueError with the values at fault.
+    """
+    return x.device.type != "cpu"
 
 
 def image_range(x, name: str = "x", tol: float = 0.0) -> Tensor:
@@ -110,6 +125,10 @@ def class_labels(y, B: int, num_classes: int) -> Tensor:
             f"y must be an integer tensor of shape ({B},) with labels 0..{num_classes} "
             f"({num_classes} is the null label, 'no label'), got {got}"
         )
+    if B and on_accelerator(y):
+        message = f"y must hold labels 0..{num_classes} ({num_classes} is the null label, 'no label')"
+        torch._assert_async((y >= 0).all() & (y <= num_classes).all(), message)
+        return y
     if B and (int(y.min()) < 0 or int(y.max()) > num_classes):
         raise ValueError(
             f"y must hold labels 0..{num_classes} ({num_classes} is the null label, 'no label'), "

@@ -164,15 +164,40 @@ def _mnist_setup(args):
     x, y = load_mnist(train=True)
     if args.n_data is not None and args.n_data < len(x):  # a subset (first n digits), e.g. for quick tests
         x, y = x[: args.n_data], y[: args.n_data]
-    cfg = UNetConfig.mnist(num_classes=10 if args.conditional else None)
+    cfg = UNetConfig.mnist(num_classes=10 if args.conditional else None, **_dropout(args))
     model = UNet(cfg)
     spec = {"kind": "unet", "config": cfg.to_dict(), "data": {"kind": "mnist", "n_train": len(x)}}
     return x, (y if args.conditional else None), model, spec
 
 
+def _cifar10_setup(args):
+    """CIFAR-10's 50,000 training images in memory, (N, 3, 32, 32) in [-1, 1], and the paper's U-Net."""
+    from .data import images
+    from .models.unet import UNet, UNetConfig
+
+    try:
+        x, y = images.cifar10_tensors(train=True)
+    except images.DatasetUnavailableError as err:
+        raise UsageError(f"train cifar10: {err}") from None
+    if args.n_data is not None and args.n_data < len(x):  # a subset (the first n images), e.g. for quick tests
+        x, y = x[: args.n_data], y[: args.n_data]
+    cfg = UNetConfig.ddpm_cifar10(num_classes=10 if args.conditional else None, **_dropout(args))
+    model = UNet(cfg)
+    spec = {"kind": "unet", "config": cfg.to_dict(), "data": {"kind": "cifar10", "n_train": len(x)}}
+    return x, (y if args.conditional else None), model, spec
+
+
+def _dropout(args) -> dict:
+    """The U-Net config's dropout that --dropout asks for ({}: the model's own default)."""
+    return {} if args.dropout is None else {"dropout": args.dropout}
+
+
+SETUPS = {"toy2d": _toy_setup, "mnist": _mnist_setup, "cifar10": _cifar10_setup}  # data and model of each kind
+
+
 # The options of `train` that define a run (argparse dests). Each is recorded in the checkpoint: --resume takes
 # those left out from it and refuses any given with another value (the run would no longer be the saved one).
-RUN_OPTIONS = ("dataset", "n_data", "hidden", "conditional", "schedule", "T", "seed")
+RUN_OPTIONS = ("dataset", "n_data", "hidden", "conditional", "dropout", "schedule", "T", "seed")
 CONFIG_OPTIONS = (  # the ones that are TrainConfig fields; left out of a new run, the recipe's values
     "steps",
     "batch_size",
@@ -183,6 +208,8 @@ CONFIG_OPTIONS = (  # the ones that are TrainConfig fields; left out of a new ru
     "weighting",
     "min_snr_gamma",
     "parameterization",
+    "grad_clip",
+    "hflip",
 )
 # what the other run options default to in a new run (argparse's default is None, to see what the user gave)
 TRAIN_DEFAULTS = dict(dataset="moons", hidden=96, conditional=False, schedule="linear", T=1000, seed=0)
@@ -201,8 +228,8 @@ def _saved_run(state: dict) -> dict:
         run["n_data"] = data["n_train"]
     if data.get("kind") == "toy2d":
         run.update(dataset=data["name"], hidden=spec["config"]["hidden"], conditional=False)
-    elif data.get("kind") == "mnist":
-        run["conditional"] = spec["config"].get("num_classes") is not None
+    elif data.get("kind") in ("mnist", "cifar10"):
+        run.update(conditional=spec["config"].get("num_classes") is not None, dropout=spec["config"].get("dropout"))
     return run
 
 
@@ -230,14 +257,32 @@ def _refuse_changes(saved: dict, asked: dict) -> None:
 
 
 def cmd_train(args) -> int:
+    """`train`, in one process or in each of torchrun's (WORLD_SIZE, RANK and LOCAL_RANK in the environment)."""
+    from . import distributed
+
+    try:
+        world = distributed.world_from_env()
+        device = distributed.device_for(world, args.device)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    try:
+        return _train(args, world, device)
+    finally:
+        distributed.destroy()
+
+
+def _train(args, world, device) -> int:
+    from . import distributed
     from .checkpoint import RESUME_KEYS, read_checkpoint
     from .schedules import Schedule
     from .train import TrainConfig, Trainer
 
+    say = print if world.main else lambda *_: None  # one process speaks for all
     if args.kind == "toy2d":
-        _refuse_given(args, ("conditional",), "to toy2d: only `train mnist` makes a class-conditional model")
+        why = "to toy2d: they are options of the image models (mnist, cifar10)"
+        _refuse_given(args, ("conditional", "dropout", "hflip"), why)
     else:
-        _refuse_given(args, ("dataset", "hidden"), "to mnist: they choose the 2-D data set and the MLP's width")
+        _refuse_given(args, ("dataset", "hidden"), f"to {args.kind}: they choose the 2-D data set and the MLP's width")
     asked = {k: getattr(args, k) for k in (*RUN_OPTIONS, *CONFIG_OPTIONS) if getattr(args, k) is not None}
     dataset = args.dataset or TRAIN_DEFAULTS["dataset"]
     out = Path(args.out or f"runs/{dataset if args.kind == 'toy2d' else args.kind}")
@@ -265,61 +310,81 @@ def cmd_train(args) -> int:
         if getattr(args, k) is None:
             setattr(args, k, value)
 
-    torch.manual_seed(args.seed)
-    data, labels, model, spec = (_toy_setup if args.kind == "toy2d" else _mnist_setup)(args)
     if saved is not None:
-        # mnist's --n-data beyond the 60,000 digits means all of them: compare what the run would train on
-        _refuse_changes(saved, {**asked, **({"n_data": len(data)} if "n_data" in asked else {})})
         cfg = TrainConfig.from_dict(state["train_config"])  # the saved run's, down to the fields no option sets
     else:
         over = {k: getattr(args, k) for k in CONFIG_OPTIONS if getattr(args, k) is not None}
-        # the recipes live next to TrainConfig (TrainConfig.toy2d, TrainConfig.mnist); options override them
-        recipe = TrainConfig.toy2d if args.kind == "toy2d" else TrainConfig.mnist
+        # the recipes live next to TrainConfig (TrainConfig.toy2d, .mnist, .cifar10); options override them
+        recipe = getattr(TrainConfig, args.kind)
         try:
-            cfg = recipe(**over, seed=args.seed, p_uncond=0.1 if labels is not None else 0.0)
+            cfg = recipe(**over, seed=args.seed, p_uncond=0.1 if args.conditional else 0.0)
         except ValueError as err:
             raise UsageError(str(err)) from None
+    try:
+        distributed.share(cfg.batch_size, world)
+    except ValueError as err:
+        raise UsageError(f"--batch-size under torchrun: {err}") from None
+
+    # every process has checked the command line before any joins the group (and so before any writes)
+    distributed.init(world, device)
+    torch.manual_seed(args.seed)  # the same initial weights in every process
+    with distributed.main_first(world):  # a download happens once
+        data, labels, model, spec = SETUPS[args.kind](args)
+    if saved is not None:
+        # mnist's --n-data beyond the 60,000 digits means all of them: compare what the run would train on
+        _refuse_changes(saved, {**asked, **({"n_data": len(data)} if "n_data" in asked else {})})
     if "min_snr_gamma" in asked and cfg.weighting != "min_snr":
         raise UsageError(f"--min-snr-gamma does not apply to --weighting {cfg.weighting}: it is min_snr's gamma")
     sched = Schedule.get(args.schedule, args.T)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the shapes never change: time the convolution kernels once
     try:
-        trainer = Trainer(
-            model, sched, data, cfg, labels=labels, device=args.device or default_device(), model_spec=spec
-        )
+        trainer = Trainer(model, sched, data, cfg, labels=labels, device=device, model_spec=spec, compile=args.compile)
         if state is not None:
             trainer.load_state_dict(state)
     except ValueError as err:
         raise UsageError(f"--resume: {err}" if state is not None else str(err)) from None
     if state is not None:
-        print(f"resumed {ckpt} at step {trainer.step}")
+        say(f"resumed {ckpt} at step {trainer.step}")
         if trainer.step >= cfg.steps:
-            print(f"{ckpt} has run all its {cfg.steps} steps: nothing to do (a longer run is a new run, another --out)")
+            say(f"{ckpt} has run all its {cfg.steps} steps: nothing to do (a longer run is a new run, another --out)")
             return 0
     n_params = sum(p.numel() for p in model.parameters())
-    print(
+    where = f"{trainer.device}"
+    if world.launched:
+        import torch.distributed as dist
+
+        where = f"{world.size} process(es) over {dist.get_backend()}, each on {device.type}"
+    say(
         f"training {spec['kind']} ({n_params:,} parameters) on {args.kind} for {cfg.steps} steps "
-        f"on {trainer.device}{' with bf16 autocast' if trainer.autocast else ''}; checkpoint: {ckpt}"
+        f"on {where}{' with bf16 autocast' if trainer.autocast else ''}; checkpoint: {ckpt}, log: {out / 'log.jsonl'}"
     )
     t0 = time.perf_counter()
     try:
-        trainer.run(progress=not args.quiet, checkpoint=ckpt, checkpoint_every=args.checkpoint_every)
+        trainer.run(
+            progress=not args.quiet,
+            checkpoint=ckpt,
+            checkpoint_every=args.checkpoint_every,
+            log=out / "log.jsonl",
+            log_every=args.log_every,
+        )
     except FloatingPointError as e:  # diverged (e.g. too high an --lr): the last checkpoint, if any, is kept
         raise SystemExit(f"train: {e}") from None
-    print(
+    say(
         f"done in {time.perf_counter() - t0:.1f} s; final loss (mean of last 100 steps) "
         f"{sum(trainer.losses[-100:]) / len(trainer.losses[-100:]):.4f}"
     )
     return 0
 
 
-def _draw_samples(model, sched, spec, n, args, device, labels=None, guidance=0.0, seed=None):
-    """n samples by args.sampler from seed (default args.seed); labels (n,) make a conditional model draw those
-    classes, with CFG scale guidance."""
+def _draw_samples(model, sched, spec, n, args, device, labels=None, guidance=0.0, seed=None, generator=None):
+    """n samples by args.sampler from seed (default args.seed), or from ``generator`` (which goes on where the
+    previous batch left it); labels (n,) make a conditional model draw those classes, with CFG scale guidance."""
     from .checkpoint import model_config, sample_shape
     from .samplers import ddim_sample, ddpm_sample
 
     shape = (n, *sample_shape(spec))
-    g = torch.Generator().manual_seed(args.seed if seed is None else seed)
+    g = generator if generator is not None else torch.Generator().manual_seed(args.seed if seed is None else seed)
     clip = spec["kind"] == "unet"  # images live in [-1, 1]; 2D toy data does not
     if labels is not None:
         from .guidance import cfg_model
@@ -515,11 +580,83 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _load_or_pretrained(checkpoint, device):
+    """_load, or load_pretrained for a name of pretrained.PRETRAINED / HUB that is not a file here."""
+    from .pretrained import HUB, PRETRAINED, HubUnavailableError, load_pretrained
+
+    if checkpoint not in (*PRETRAINED, *HUB) or Path(checkpoint).exists():
+        return _load(checkpoint, device)
+    try:
+        return load_pretrained(checkpoint, device=device)
+    except (HubUnavailableError, ImportError, OSError, ValueError) as err:
+        raise UsageError(f"--checkpoint {checkpoint}: {err}") from None
+
+
+FID_BATCH = 250  # default --batch-size of `evaluate --fid`: samples per batch (and images per Inception pass)
+
+
+def _evaluate_fid(model, sched, spec, args, device) -> int:
+    """`evaluate --fid N [--is]`: FID (and IS) of N samples against the model's training set (fid.py)."""
+    from . import fid
+    from .checkpoint import model_config
+    from .data.images import DatasetUnavailableError
+
+    _refuse_given(args, ("n", "n_terms"), "with --fid: they set bits/dim; --fid N sets how many samples FID takes")
+    dataset = spec.get("data", {}).get("kind")
+    if dataset not in fid.DATASETS:
+        raise UsageError(
+            f"--fid needs a model of {' or '.join(fid.DATASETS)} (its real images are the reference), but "
+            f"{args.checkpoint} models {dataset or 'unrecorded data'}"
+        )
+    _fill_sample_defaults(args, "unet", sched.T)
+    n = args.n = args.fid
+    num_classes = model_config(spec).num_classes
+    labels = _sample_labels(None, num_classes, n, args.seed, args.checkpoint)  # a conditional model: uniform
+    done = 0
+
+    def sample_fn(b, g):
+        nonlocal done
+        y = None if labels is None else labels[done : done + b]
+        done += b
+        return _draw_samples(model, sched, spec, b, args, device, labels=y, generator=g)
+
+    t0 = time.perf_counter()
+    try:
+        real = fid.real_stats(dataset, device=device)
+        r = fid.fid_is(
+            sample_fn,
+            n,
+            real=real,
+            inception_score=bool(getattr(args, "is")),  # "is" is a keyword: no args.is
+            batch=args.batch_size or FID_BATCH,
+            seed=args.seed,
+            amp=args.amp or "auto",
+            device=device,
+        )
+    except (DatasetUnavailableError, fid.InceptionUnavailableError, ImportError) as err:
+        raise UsageError(f"--fid: {err}") from None
+    args.labels, args.guidance = None, 0.0  # what _describe reads: evaluate draws uniform labels, unguided
+    bf16 = " with bf16 autocast" if r["autocast"] else ""
+    seconds = time.perf_counter() - t0
+    print(f"{_describe(args, sched, labels, num_classes)}{bf16}; with the features, in {seconds:.1f} s")
+    print(f"FID {r['fid']:.2f} at n = {n} samples, against {r['n_real']:,} real {dataset} training images")
+    if r["is_mean"] is not None:
+        print(f"IS {r['is_mean']:.2f} +- {r['is_std']:.2f} at n = {n} samples ({fid.IS_SPLITS} splits)")
+    if n < fid.FID_N:
+        print(
+            f"FID at n = {n} samples is biased upward relative to the usual n = {fid.FID_N:,} (and IS moves with n "
+            "too): numbers at different n are not comparable"
+        )
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     device = torch.device(args.device) if args.device else default_device()
-    model, sched, state = _load(args.checkpoint, device)
+    model, sched, state = _load_or_pretrained(args.checkpoint, device)
     spec = state["model_spec"]
     if spec["kind"] == "mlp":
+        why = f"to a 2-D model ({args.checkpoint}): FID and IS are for image models"
+        _refuse_given(args, ("fid", "is", "batch_size", "amp"), why)
         _refuse_given(args, ("n_terms",), f"to a 2-D model ({args.checkpoint}): it sets bits/dim, for image models")
         _one_thread_for_small_models()
         from .data import checkerboard_off_fraction, toy2d
@@ -548,16 +685,29 @@ def cmd_evaluate(args) -> int:
     from .data.images import load_mnist
     from .losses import bits_per_dim
 
+    _refuse_given(args, ("sets", "references"), f"to an image model ({args.checkpoint}): they are for 2-D models")
+    if args.fid is not None:
+        return _evaluate_fid(model, sched, spec, args, device)
+    _refuse_given(args, ("is", "batch_size", "amp"), "without --fid N: they set the FID run")
     _refuse_given(
         args,
-        ("sampler", "steps", "eta", "spacing", "sets", "references"),
-        f"to an image model ({args.checkpoint}): its bits/dim draws no samples",
+        ("sampler", "steps", "eta", "spacing"),
+        f"to an image model ({args.checkpoint}) without --fid: its bits/dim draws no samples",
     )
     T = sched.T
     if args.n_terms is not None and not min(2, T) <= args.n_terms <= T:
         raise UsageError(f"--n-terms must be in {min(2, T)}..{T} (this model's T) for bits/dim, got {args.n_terms}")
     var_type = "fixed_small" if args.var_type is None else args.var_type
-    x, _ = load_mnist(train=False)
+    if spec.get("data", {}).get("kind") == "cifar10":  # bits/dim on the test images of the model's data
+        from .data.images import DatasetUnavailableError, to_model_range
+        from .fid import real_images
+
+        try:
+            x = to_model_range(real_images("cifar10", "test"))
+        except DatasetUnavailableError as err:
+            raise UsageError(f"bits/dim: {err}") from None
+    else:
+        x, _ = load_mnist(train=False)
     x = x[: 5000 if args.n is None else args.n].to(device)
     r = bits_per_dim(
         model,
@@ -587,9 +737,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m ddpm_tutor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model (progress bar, EMA, checkpoints, --resume)")
-    t.add_argument("kind", choices=["toy2d", "mnist"])
+    t.add_argument("kind", choices=list(SETUPS))
     t.add_argument("--dataset", help="toy2d: moons (the default), swiss_roll, 8gaussians or checkerboard")
-    t.add_argument("--out", help="run folder (default runs/<dataset>, or runs/mnist)")
+    t.add_argument("--out", help="run folder (default runs/<dataset> for toy2d, else runs/<kind>)")
     t.add_argument("--steps", type=POSITIVE_INT, help="optimiser steps in total (default: the recipe's)")
     t.add_argument("--batch-size", dest="batch_size", type=POSITIVE_INT, help="default: the recipe's")
     t.add_argument("--lr", type=POSITIVE_FINITE, help="peak learning rate (default: the recipe's)")
@@ -600,7 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="n_data",
         type=POSITIVE_INT,
         default=None,
-        help="toy2d: points in the training set (default 50,000); mnist: use only the first N digits",
+        help="toy2d: points in the training set (default 50,000); mnist, cifar10: use only the first N images",
     )
     t.add_argument("--ema-decay", dest="ema_decay", type=ZERO_TO_BELOW_ONE, help="EMA decay of the weights, in [0, 1)")
     t.add_argument("--warmup", type=NON_NEGATIVE_INT, help="steps of learning-rate warmup (0: none)")
@@ -619,7 +769,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="toy2d: MLP width (default 96: as good as 128 on two moons at about 60%% of the time per step)",
     )
     t.add_argument(
-        "--conditional", action="store_true", default=None, help="mnist: class-conditional with label dropout"
+        "--conditional",
+        action="store_true",
+        default=None,
+        help="mnist, cifar10: class-conditional with label dropout",
+    )
+    t.add_argument(
+        "--dropout",
+        type=ZERO_TO_BELOW_ONE,
+        help="mnist, cifar10: dropout in the U-Net's residual blocks (default 0 for mnist, the paper's 0.1 for "
+        "cifar10)",
+    )
+    t.add_argument(
+        "--hflip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mnist, cifar10: random horizontal flips of the images (default: on for cifar10, as in the paper)",
+    )
+    t.add_argument(
+        "--grad-clip",
+        dest="grad_clip",
+        type=NON_NEGATIVE_FINITE,
+        help="max global gradient norm (default 1.0, the paper's; 0: no clipping)",
     )
     t.add_argument(
         "--checkpoint-every",
@@ -632,6 +803,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=SEED, help="default 0")
     t.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when there is one, else cpu)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--log-every",
+        dest="log_every",
+        type=POSITIVE_INT,
+        default=100,
+        help="every N steps the losses come from the device (to check them, move the bar, and add a line to "
+        "<out>/log.jsonl: step, loss, lr, steps_per_s, elapsed_s); default 100",
+    )
+    t.add_argument("--compile", action="store_true", help="run the model through torch.compile (worth it on a GPU)")
     t.set_defaults(func=cmd_train, parser=t)
     for name, func, helptext in (
         (
@@ -642,7 +822,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("evaluate", cmd_evaluate, "2D: distances to data vs the noise floor; images: bits/dim"),
     ):
         s = sub.add_parser(name, help=helptext)
-        s.add_argument("--checkpoint", required=True)
+        s.add_argument(
+            "--checkpoint",
+            required=True,
+            help="a checkpoint file"
+            + (", or mnist (shipped) or ddpm-cifar10 (Ho et al.'s)" if name == "evaluate" else ""),
+        )
         if name == "sample":  # defaults by model kind, filled in once the checkpoint is loaded
             s.add_argument(
                 "--n",
@@ -709,6 +894,31 @@ def build_parser() -> argparse.ArgumentParser:
                 type=POSITIVE_INT,
                 help="2D: independent sets of samples (seeds --seed + 100 k) the distances are averaged over "
                 "(default 5)",
+            )
+            s.add_argument(
+                "--fid",
+                type=_int_at_least(2),
+                metavar="N",
+                help="images: FID of N samples (by --sampler) against the model's training set (CIFAR-10 or MNIST), "
+                "with torch-fidelity's InceptionV3 (weights download once); papers use N = 50,000",
+            )
+            s.add_argument(
+                "--is",
+                dest="is",  # not inception_score: refusals name an option by its dest (_flag)
+                action="store_true",
+                default=None,
+                help="with --fid: the Inception Score of the same samples too",
+            )
+            s.add_argument(
+                "--batch-size",
+                dest="batch_size",
+                type=POSITIVE_INT,
+                help=f"with --fid: samples drawn at once (default {FID_BATCH})",
+            )
+            s.add_argument(
+                "--amp",
+                choices=AMP_MODES,
+                help="with --fid: bf16 autocast of the sampling (default auto: where the device computes it natively)",
             )
         s.add_argument("--seed", type=SEED, default=0)
         s.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when there is one, else cpu)")

@@ -7,7 +7,10 @@ is checkpointed, so a resumed run continues bit-for-bit.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import (  # noqa: F401 - they live in checkpoint.py
     FORMAT,
     RESUME_KEYS,
@@ -27,8 +31,9 @@ from .checkpoint import (  # noqa: F401 - they live in checkpoint.py
     model_spec_of,
     read_checkpoint,
     save_checkpoint,
+    write_atomic,
 )
-from .checks import positive_int
+from .checks import flag, positive_int
 from .device import default_device
 from .diffusion import PARAMETERIZATIONS, Denoiser
 from .losses import WEIGHTINGS, check_min_snr_gamma, diffusion_loss
@@ -73,6 +78,7 @@ class TrainConfig:
     # or "auto" = bf16 only where the hardware computes it natively (AVX512-BF16/AMX CPUs, Ampere+ GPUs),
     # where it makes a small U-Net's step about 1.6x faster
     amp: str = "off"
+    hflip: bool = False  # flip each image left-right with probability 1/2, drawn from the seeded generator
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -95,6 +101,7 @@ class TrainConfig:
             raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        flag(self.hflip, "hflip")
 
     @classmethod
     def toy2d(cls, **overrides) -> TrainConfig:
@@ -140,6 +147,30 @@ class TrainConfig:
         return cls(**{**recipe, **overrides})
 
     @classmethod
+    def cifar10(cls, **overrides) -> TrainConfig:
+        """The paper's CIFAR-10 recipe, for ``python -m ddpm_tutor train cifar10`` with the paper's U-Net
+        (``UNetConfig()``: 35.7M parameters, dropout 0.1) under the linear schedule, T = 1000.
+
+        Ho et al. 2020, appendix B, and ``train()`` in their released code (hojonathanho/diffusion,
+        scripts/run_cifar.py). Adam: AdamW with no weight decay is Adam.
+        """
+        recipe = dict(
+            steps=800_000,  # appendix B: "trained ... for 800K steps"
+            batch_size=128,  # appendix B: "batch size to 128 for CIFAR10"; run_cifar.py: total_bs=128
+            lr=2e-4,  # appendix B: "learning rate to 2 x 10^-4 without any sweeping"; run_cifar.py: lr=2e-4
+            weight_decay=0.0,  # run_cifar.py: optimizer='adam', no weight decay
+            warmup=5000,  # run_cifar.py: warmup=5000 (linear, from 0)
+            grad_clip=1.0,  # run_cifar.py: grad_clip=1.
+            ema_decay=0.9999,  # appendix B: "EMA on model parameters with a decay factor of 0.9999"
+            hflip=True,  # appendix B: "random horizontal flips during training for CIFAR10"; run_cifar.py: randflip=1
+            parameterization="eps",  # sec. 3.2 / run_cifar.py: model_mean_type='eps'
+            weighting="simple",  # L_simple, eq. 14 / run_cifar.py: loss_type='mse'
+            cosine_decay=False,  # a constant learning rate after the warmup (their code has no decay)
+            amp="auto",  # ours, not the paper's (float32 on TPU v3): bf16 autocast where the hardware has it
+        )
+        return cls(**{**recipe, **overrides})
+
+    @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
@@ -154,7 +185,10 @@ class Trainer:
     """Trains ``model`` on a data tensor (N, ...) and optional labels (N,) under ``sched``.
 
     ``model_spec`` (kind and config dict; by default derived from the model) is stored in checkpoints so that
-    `checkpoint.load_model` can rebuild it.
+    `checkpoint.load_model` can rebuild it. ``compile``: run the forward and backward passes through
+    ``torch.compile``. ``channels_last`` (default: for images on CUDA): keep 4-D weights and batches in NHWC,
+    the layout of the GPU's convolution kernels. Under torchrun (a process group is initialised) the model is
+    wrapped in DistributedDataParallel and each process trains on its share of every batch (``distributed.share``).
     """
 
     def __init__(
@@ -167,34 +201,66 @@ class Trainer:
         labels: Tensor | None = None,
         device=None,
         model_spec: dict | None = None,
+        compile: bool = False,
+        channels_last: bool | None = None,
     ):
         self.config = config or TrainConfig()
         if not isinstance(data, Tensor) or data.ndim < 2 or data.shape[0] < 1:
             raise ValueError(f"data must be a tensor (N, ...) with N >= 1, got {getattr(data, 'shape', type(data))}")
+        # checked once here, so that the loss need not check each batch (a host-device sync at every step)
         if not torch.isfinite(data).all():
             raise ValueError("data must be finite, got NaN or inf")
         if labels is not None and (labels.shape != data.shape[:1]):
             raise ValueError(f"labels must have shape ({data.shape[0]},), got {tuple(labels.shape)}")
         if self.config.p_uncond > 0 and labels is None:
             raise ValueError("p_uncond > 0 (label dropout) needs labels")
-        self.device = torch.device(device) if device is not None else default_device()
-        self.model = model.to(self.device)
-        self.sched = sched
-        self.data = data
-        self.labels = labels
-        self.model_spec = model_spec or model_spec_of(model)
+        if self.config.hflip and data.ndim != 4:
+            raise ValueError(f"hflip flips images (N, C, H, W) left-right, got data of shape {tuple(data.shape)}")
+        flag(compile, "compile")
+        if channels_last is not None:
+            flag(channels_last, "channels_last")
         c = self.config
-        torch.manual_seed(c.seed)  # dropout draws from the global generator
-        self.generator = torch.Generator().manual_seed(c.seed)
+        self.world = distributed.current()
+        self.share = distributed.share(c.batch_size, self.world)  # this process's rows of every global batch
+        self.device = torch.device(device) if device is not None else default_device()
+        self.channels_last = self.device.type == "cuda" and data.ndim == 4 if channels_last is None else channels_last
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.sched = sched
+        self.model_spec = model_spec or model_spec_of(model)
+        # The whole data set on the device, once (CIFAR-10 is 600 MB as float32): a batch is an index into it.
+        # For data that fit in memory this beats a DataLoader with workers: no per-item PIL transforms, no
+        # host-to-device copy of images, no worker processes to start, and the draws stay on one seeded generator.
+        self.data = data.to(self.device)
+        self.labels = None if labels is None else labels.to(self.device)
+        # the label that dropped labels become (found once: labels.max() on the device would wait for it)
+        self._drop_label = None
+        if labels is not None and c.p_uncond > 0:
+            self._drop_label = self.model_spec.get("config", {}).get("num_classes", int(labels.max()) + 1)
+        torch.manual_seed(c.seed + self.world.rank)  # dropout draws from the global generator: its own per process
+        self.generator = torch.Generator().manual_seed(c.seed)  # the same on every process: the global batches
         # the fused kernel (one pass over all parameters) where torch has one: ~13% of a 2-D MLP's step on a CPU
         self.opt = torch.optim.AdamW(
             self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay, fused=self.device.type in ("cpu", "cuda")
         )
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(c.ema_decay), use_buffers=True)
+        self._ema_update = get_ema_multi_avg_fn(c.ema_decay)
+        self.ema = AveragedModel(self.model, multi_avg_fn=self._ema_update, use_buffers=True)
         self.autocast = c.amp == "bf16" or (c.amp == "auto" and native_bf16(self.device))
+        net = self.model
+        if self.world.launched:  # under torchrun, with one process too: the same code path as with N
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net = torch.compile(net) if compile else net  # what a step calls: the model, wrapped
+        # DistributedDataParallel hides the network's config, where Denoiser looks for the null label
+        self._denoiser_null = getattr(getattr(model, "config", None), "num_classes", None)
         self.step = 0
         self.losses: list[float] = []
+        self._pending: list[Tensor] = []  # the losses of the steps since the last log point, still on the device
+        self._pending_from = 0  # the step of the first of them
+        self._in_run = False
 
     def _lr_factor(self, step: int) -> float:
         c = self.config
@@ -204,49 +270,117 @@ class Trainer:
         progress = min(1.0, max(0.0, (step - c.warmup) / max(1, c.steps - c.warmup)))
         return warm * 0.5 * (1 + math.cos(math.pi * progress))
 
+    def _to_device(self, x: Tensor) -> Tensor:
+        """x, drawn on the CPU, on the training device; to a GPU through pinned memory, asynchronously: a copy
+        from ordinary memory would wait until the GPU has finished all the work queued before it."""
+        if self.device.type != "cuda":
+            return x.to(self.device)
+        return x.pin_memory().to(self.device, non_blocking=True)
+
     def _batch(self) -> tuple[Tensor, Tensor | None]:
-        c, g = self.config, self.generator
+        """This process's share of the next global batch: x0 (b, ...) and labels (b,) or None, on the device.
+
+        Each draw is made for the whole batch, in the same order on every process (indices, label drops, flips),
+        from the generator they share; each keeps its rows. So a run does not depend on the number of processes.
+        """
+        c, g, mine = self.config, self.generator, self.share
         idx = torch.randint(0, self.data.shape[0], (c.batch_size,), generator=g)
+        drop = None
+        if self.labels is not None and c.p_uncond > 0:
+            drop = torch.rand(c.batch_size, generator=g) < c.p_uncond
+        flip = torch.rand(c.batch_size, generator=g) < 0.5 if c.hflip else None
+        idx = self._to_device(idx[mine])
         x0 = self.data[idx]
+        if flip is not None:
+            flip = self._to_device(flip[mine]).view(-1, *(1,) * (x0.ndim - 1))
+            x0 = torch.where(flip, x0.flip(-1), x0)
         y = None
         if self.labels is not None:
-            y = self.labels[idx].clone()
-            if c.p_uncond > 0:
-                drop = torch.rand(c.batch_size, generator=g) < c.p_uncond
-                y[drop] = self.model_spec.get("config", {}).get("num_classes", int(self.labels.max()) + 1)
+            y = self.labels[idx]
+            if drop is not None:  # torch.where, not y[drop] = ...: a boolean index waits for the device
+                y = torch.where(self._to_device(drop[mine]), self._drop_label, y)
         return x0, y
 
-    def train_step(self) -> float:
-        """One optimiser step; returns the batch loss."""
-        c, g = self.config, self.generator
+    def train_step(self) -> float | None:
+        """One optimiser step on this process's share of a global batch (Ho et al. 2020, Algorithm 1).
+
+        Called by itself, it returns the batch loss, and raises FloatingPointError before the weights change if
+        that is not finite. Inside :meth:`run` the loss stays on the device (reading it would make the CPU wait
+        for the GPU at every step) until the next log point, where the losses since are checked; it returns None.
+        """
+        c, g, mine = self.config, self.generator, self.share
         self.model.train()
         x0, y = self._batch()
-        t = torch.randint(0, self.sched.T, (x0.shape[0],), generator=g)
-        eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
-        x0, t, eps = x0.to(self.device), t.to(self.device), eps.to(self.device)
-        model = Denoiser(self.model, self.sched, c.parameterization)
+        t = torch.randint(0, self.sched.T, (c.batch_size,), generator=g)
+        eps = torch.randn((c.batch_size, *x0.shape[1:]), generator=g, dtype=x0.dtype)
+        t, eps = self._to_device(t[mine]), self._to_device(eps[mine])
+        if self.channels_last:
+            nhwc = torch.channels_last
+            x0, eps = x0.contiguous(memory_format=nhwc), eps.contiguous(memory_format=nhwc)
+        model = Denoiser(self.net, self.sched, c.parameterization, null_label=self._denoiser_null)
         if y is not None:
-            model = model.with_labels(y.to(self.device))
+            model = model.with_labels(y)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             loss = diffusion_loss(
-                model, self.sched, x0, t=t, eps=eps, weighting=c.weighting, min_snr_gamma=c.min_snr_gamma
+                model,
+                self.sched,
+                x0,
+                t=t,
+                eps=eps,
+                weighting=c.weighting,
+                min_snr_gamma=c.min_snr_gamma,
+                check_data=False,
             ).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss became {loss.item()} at step {self.step}: training stopped. Lower the learning rate "
-                f"(now {self.opt.param_groups[0]['lr']:.3g}) or check the data for extreme values."
-            )
+        if not self._pending:
+            self._pending_from = self.step
+        self._pending.append(loss.detach())
+        value = None if self._in_run else self._flush()[-1]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if c.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
         self.opt.step()
         self.lr_sched.step()
-        self.ema.update_parameters(self.model)
+        self._update_ema()
         self.step += 1
-        value = loss.item()
-        self.losses.append(value)
         return value
+
+    def _update_ema(self) -> None:
+        """AveragedModel.update_parameters without its host-device sync (it copies its step counter from the CPU
+        to the device at every call): the EMA starts as a copy of the weights, then moves towards them by
+        1 - ema_decay per step, with the same foreach kernel."""
+        groups: dict = {}  # (device, dtype) -> (EMA tensors, model tensors), as AveragedModel groups them
+        ema, model = self.ema.module, self.model
+        for mine, new in zip((*ema.parameters(), *ema.buffers()), (*model.parameters(), *model.buffers())):
+            ema_list, new_list = groups.setdefault((mine.device, mine.dtype), ([], []))
+            ema_list.append(mine.detach())
+            new_list.append(new.detach())
+        first = bool(self.ema.n_averaged == 0)  # a CPU tensor: no sync
+        for ema_list, new_list in groups.values():
+            if first:
+                for mine, new in zip(ema_list, new_list):
+                    mine.copy_(new)
+            else:
+                self._ema_update(ema_list, new_list, self.ema.n_averaged)
+        self.ema.n_averaged += 1
+
+    def _flush(self) -> list[float]:
+        """Bring the losses of the steps since the last call to the host (one sync), averaged over the processes,
+        and append them to self.losses; FloatingPointError if one of them is not finite."""
+        if not self._pending:
+            return []
+        window = distributed.mean_over_processes(torch.stack(self._pending).float(), self.world)
+        first, self._pending = self._pending_from, []
+        values = window.tolist()
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:
+            checked = f" (checked together with steps {first}..{first + len(values) - 1})" if len(values) > 1 else ""
+            raise FloatingPointError(
+                f"the loss became {values[bad]} at step {first + bad}{checked}: training stopped. Lower the learning "
+                f"rate (now {self.opt.param_groups[0]['lr']:.3g}) or check the data for extreme values."
+            )
+        self.losses.extend(values)
+        return values
 
     def run(
         self,
@@ -255,24 +389,61 @@ class Trainer:
         progress: bool = True,
         checkpoint: str | Path | None = None,
         checkpoint_every: int = 0,
+        log: str | Path | None = None,
+        log_every: int = 100,
     ) -> list[float]:
         """Train until ``steps`` in total (default: config.steps), saving to ``checkpoint`` every
-        ``checkpoint_every`` steps and at the end. Returns the losses of all steps so far."""
+        ``checkpoint_every`` steps and at the end. Returns the losses of all steps so far.
+
+        The losses stay on the device until a checkpoint, a log point (every ``log_every`` steps) or the end. There
+        they are checked, join self.losses and move the progress bar; with ``log``, each log point and the end add
+        a line to that JSON-lines file: {"step", "loss" (mean since the previous line), "lr" (of the last step),
+        "steps_per_s", "elapsed_s" (since this call began)}. Under torchrun every process calls this; rank 0 alone
+        writes the checkpoint, the log and the bar.
+        """
+        positive_int(log_every, "log_every")
         target = self.config.steps if steps is None else steps
         if target < self.step:
             raise ValueError(f"steps={target} is before the current step {self.step}")
-        if checkpoint is not None:  # temp files of saves that a killed run left behind: each a full checkpoint
+        main = self.world.main
+        if checkpoint is not None and main:  # temp files of saves that a killed run left behind: each a checkpoint
             clean_stale_temps(checkpoint)
-        bar = tqdm(total=target, initial=self.step, disable=not progress, desc="train", mininterval=1.0)
-        while self.step < target:
-            self.train_step()
-            bar.update(1)
-            if self.step % 50 == 0:
-                bar.set_postfix(loss=f"{sum(self.losses[-50:]) / len(self.losses[-50:]):.4f}")
-            if checkpoint and checkpoint_every and self.step % checkpoint_every == 0:
-                self.save(checkpoint)
-        bar.close()
-        if checkpoint:
+        if log is not None and main:
+            _keep_log_until(log, self.step)
+        bar = tqdm(total=target, initial=self.step, disable=not (progress and main), desc="train", mininterval=1.0)
+        start = last = time.perf_counter()
+        window, last_step, saved_at = [], self.step, None  # the losses since the last log line, and its step
+        self._in_run = True
+        try:
+            while self.step < target:
+                self.train_step()
+                save = bool(checkpoint) and checkpoint_every > 0 and self.step % checkpoint_every == 0
+                log_now = self.step % log_every == 0 or self.step == target
+                if save or log_now:
+                    window += self._flush()
+                    bar.update(self.step - bar.n)
+                if log_now:
+                    now = time.perf_counter()
+                    bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
+                    if log is not None and main:
+                        line = {
+                            "step": self.step,
+                            "loss": sum(window) / len(window),
+                            "lr": self.config.lr * self._lr_factor(self.step - 1),
+                            "steps_per_s": (self.step - last_step) / max(now - last, 1e-9),
+                            "elapsed_s": now - start,
+                        }
+                        Path(log).parent.mkdir(parents=True, exist_ok=True)
+                        with open(log, "a") as f:
+                            f.write(json.dumps(line) + "\n")
+                    window, last, last_step = [], now, self.step
+                if save:
+                    self.save(checkpoint)
+                    saved_at = self.step
+        finally:
+            self._in_run = False
+            bar.close()
+        if checkpoint and saved_at != self.step:
             self.save(checkpoint)
         return self.losses
 
@@ -324,11 +495,41 @@ class Trainer:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
+        if self.world.rank > 0:  # only rank 0's dropout stream is saved: the others start new ones, all apart
+            torch.manual_seed(_stream_seed(self.config.seed, self.world.rank, self.step))
         self.losses = list(state["losses"])
 
     def save(self, path: str | Path) -> Path:
-        """Atomic checkpoint of everything needed to resume bit-for-bit."""
-        return save_checkpoint(self.state_dict(), path)
+        """Atomic checkpoint of everything needed to resume bit-for-bit. Under torchrun every process calls it:
+        the losses come from all of them, rank 0 writes the file, and the others wait until it is written."""
+        self._flush()
+        if self.world.main:
+            save_checkpoint(self.state_dict(), path)
+        distributed.barrier(self.world)
+        return Path(path)
 
     def load(self, path: str | Path) -> None:
         self.load_state_dict(read_checkpoint(path, RESUME_KEYS))  # an export is refused by name
+
+
+def _stream_seed(seed: int, rank: int, step: int) -> int:
+    """A seed for the dropout stream of process ``rank`` resumed at ``step``, unlike any other (a 64-bit hash)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{rank}/{step}".encode()).digest()[:8], "little")
+
+
+def _keep_log_until(log: str | Path, step: int) -> None:
+    """Drop the lines of the JSON-lines ``log`` past ``step`` (a killed run logged them; its resumed run, from
+    the checkpoint of ``step``, logs them again), and a line cut short by the kill."""
+    path = Path(log)
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    if keep != lines:
+        write_atomic(path, lambda f: f.write("".join(f"{line}\n" for line in keep).encode()))

@@ -215,3 +215,121 @@ def test_the_cards_hand_copied_numbers_are_the_quality_files():
     assert per_class.strip(" ,") == ", ".join(f"{a:.2f}" for a in ours["accuracy_per_class"])
     counts = re.search(r"Predicted classes of its 256 DDIM-50 samples: ([0-9, ]+) for 0 to 9", card.replace("\n", " "))
     assert counts[1].strip(" ,") == ", ".join(str(c) for c in ours["class_counts"])
+
+
+# --- the paper's CIFAR-10 model from diffusers (google/ddpm-cifar10-32), through a local folder of its layout ----
+diffusers_or_skip = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("diffusers") is None, reason="diffusers is a test requirement"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_hub_model(tmp_path_factory):
+    """A small UNet2DModel of the released architecture family (narrower, one block per level), every weight
+    redrawn so that zero-initialised layers hide nothing, saved with its DDPMScheduler as the hub repo is: flat."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from ddpm_tutor.models.convert import DDPM_CIFAR10_DIFFUSERS_CONFIG
+
+    cfg = {**DDPM_CIFAR10_DIFFUSERS_CONFIG, "block_out_channels": (16, 32, 32, 32), "norm_num_groups": 8}
+    torch.manual_seed(0)
+    net = UNet2DModel(**{**cfg, "layers_per_block": 1}).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.05)
+    folder = tmp_path_factory.mktemp("hub") / "ddpm-tiny"
+    net.save_pretrained(folder)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    scheduler.save_pretrained(folder)
+    return folder, net, scheduler
+
+
+@diffusers_or_skip
+@pytest.mark.parametrize("layout", ["flat", "pipeline"])
+def test_hub_model_converts_to_the_same_function_and_schedule(tiny_hub_model, tmp_path, layout):
+    import shutil
+
+    folder, net, scheduler = tiny_hub_model
+    if layout == "pipeline":  # a saved DDPMPipeline keeps them in unet/ and scheduler/
+        shutil.copytree(folder, tmp_path / "p" / "unet", ignore=shutil.ignore_patterns("scheduler_config.json"))
+        (tmp_path / "p" / "scheduler").mkdir()
+        shutil.copy(folder / "scheduler_config.json", tmp_path / "p" / "scheduler")
+        folder = tmp_path / "p"
+    model, sched, meta = load_pretrained("ddpm-cifar10", device="cpu", repo_id=folder)
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(3, 3, 32, 32, generator=g), torch.tensor([0, 417, 999])
+    with torch.no_grad():
+        ref, out = net(x, t).sample, model(x, t)
+    assert ref.abs().max() > 0.1 and model.parameterization == "eps" and model.null_label is None
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(sched.beta.float(), scheduler.betas, rtol=1e-6, atol=0)
+    assert torch.equal(sched.beta, Schedule.linear(1000).beta)  # the paper's, in float64: not diffusers' rounding
+    assert meta["model_spec"]["data"] == {"kind": "cifar10"} and meta["notes"]["source"] == str(folder)
+    assert meta["notes"]["scheduler_config"]["beta_schedule"] == "linear" and "ema" not in meta
+
+
+@diffusers_or_skip
+def test_hub_model_without_scheduler_config_gets_the_papers_schedule(tiny_hub_model, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(tiny_hub_model[0], tmp_path / "bare", ignore=shutil.ignore_patterns("scheduler*"))
+    _, sched, meta = load_pretrained("ddpm-cifar10", device="cpu", repo_id=folder)
+    assert torch.equal(sched.beta, Schedule.linear(1000).beta) and "missing" in meta["notes"]["scheduler_config"]
+    with pytest.raises(ValueError, match="repo_id applies to the hub models ddpm-cifar10, not to the shipped 'mnist'"):
+        load_pretrained("mnist", repo_id=folder)
+
+
+@diffusers_or_skip
+def test_scheduler_configs_our_schedule_cannot_represent_are_refused():
+    from diffusers import DDPMScheduler
+
+    from ddpm_tutor.models.convert import schedule_from_diffusers
+
+    cosine = DDPMScheduler(num_train_timesteps=500, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    sched, parameterization = schedule_from_diffusers(cosine.config)
+    assert parameterization == "v" and torch.allclose(sched.beta.float(), cosine.betas, rtol=1e-5, atol=1e-7)
+    for change, message in (
+        (dict(beta_schedule="scaled_linear"), "beta_schedule='scaled_linear' is not supported"),
+        (dict(rescale_betas_zero_snr=True), "rescale_betas_zero_snr=True is not supported"),
+        (dict(prediction_type="flow"), "prediction_type='flow' is not supported"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            schedule_from_diffusers({**DDPMScheduler().config, **change})
+
+
+@diffusers_or_skip
+def test_hub_model_offline_and_not_cached_says_it_needs_a_network(tmp_path, monkeypatch):
+    from ddpm_tutor import pretrained
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(pretrained, "CACHE_DIR", tmp_path)
+    with pytest.raises(pretrained.HubUnavailableError, match=r"'nobody/no-such-ddpm' is not in the Hugging Face cache.*"
+                       r"needs a network once \(e\.g\. Colab\)"):  # fmt: skip
+        load_pretrained("ddpm-cifar10", repo_id="nobody/no-such-ddpm")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+@diffusers_or_skip
+def test_a_hub_conversion_is_kept_and_then_needs_no_diffusers(tiny_hub_model, tmp_path, monkeypatch):
+    """The first load of a hub id converts and keeps an export under CACHE_DIR; the next reads that (the converter
+    is not called), a damaged kept file is converted again."""
+    from ddpm_tutor import pretrained
+    from ddpm_tutor.models import convert
+
+    folder, net, _ = tiny_hub_model
+    real, calls = convert.load_diffusers_ddpm, []
+    monkeypatch.setattr(convert, "load_diffusers_ddpm", lambda repo: calls.append(repo) or real(folder))
+    monkeypatch.setattr(pretrained, "CACHE_DIR", tmp_path)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([5, 600])
+    first, _, _ = load_pretrained("ddpm-cifar10", device="cpu", repo_id="someone/tiny-ddpm")
+    kept = pretrained.hub_cache_path("ddpm-cifar10", "someone/tiny-ddpm")
+    assert calls == ["someone/tiny-ddpm"] and kept.is_file() and kept.parent == tmp_path / "pretrained"
+    assert load_checkpoint(kept)["kind"] == "export"
+    second, sched, meta = load_pretrained("ddpm-cifar10", device="cpu", repo_id="someone/tiny-ddpm")
+    assert len(calls) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(second(x, t), net(x, t).sample, atol=1e-5, rtol=1e-5)
+        assert torch.equal(second(x, t), first(x, t))
+    kept.write_bytes(kept.read_bytes()[:1000])  # cut short
+    load_pretrained("ddpm-cifar10", device="cpu", repo_id="someone/tiny-ddpm")
+    assert len(calls) == 2 and load_checkpoint(kept)["kind"] == "export"

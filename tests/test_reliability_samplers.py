@@ -304,3 +304,20 @@ def test_loaders_and_trainers_refuse_a_device_this_machine_lacks():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA devices"):
             load_digit_classifier(device="cuda")
+
+
+def test_on_a_gpu_step_and_label_checks_are_device_side_asserts(monkeypatch):
+    # the GPU branch of the checks (no host sync), run on the CPU, where torch._assert_async raises at once
+    import ddpm_tutor.checks as checks
+
+    monkeypatch.setattr(checks, "on_accelerator", lambda x: True)
+    assert checks.step_indices(torch.tensor([0, 9]), 10).tolist() == [0, 9]
+    assert checks.class_labels(torch.tensor([0, 10]), 2, 10).tolist() == [0, 10]
+    with pytest.raises(RuntimeError, match=r"t must lie in 0\.\.9"):
+        checks.step_indices(torch.tensor([3, 10]), 10)
+    with pytest.raises(RuntimeError, match=r"t must lie in 0\.\.T-1"):
+        checks.step_indices(torch.tensor([-1]))
+    with pytest.raises(RuntimeError, match=r"y must hold labels 0\.\.10"):
+        checks.class_labels(torch.tensor([0, 11]), 2, 10)
+    with pytest.raises(ValueError, match="integer step indices"):  # dtype and shape: still ValueErrors
+        checks.step_indices(torch.tensor([0.5]), 10)

@@ -183,3 +183,14 @@ def load_cifar10(root: PathLike = DEFAULT_ROOT, train: bool = True, download: bo
             f"Run this chapter where there is a network (e.g. Colab), or put cifar-10-python.tar.gz "
             f"({CIFAR10_URL}) or its extracted folder cifar-10-batches-py into {where} and retry."
         ) from e
+
+
+def cifar10_tensors(root: PathLike | None = None, train: bool = True, download: bool = True) -> tuple[Tensor, Tensor]:
+    """CIFAR-10 in memory: float32 images (N, 3, 32, 32) in [-1, 1] and int64 labels (N,), unflipped.
+
+    Through :func:`load_cifar10` (torchvision's dataset; root None: DEFAULT_ROOT, read now). The 50,000 training
+    images take 600 MB: a trainer indexes batches out of them, with no per-item transform (flips are its own).
+    """
+    ds = load_cifar10(DEFAULT_ROOT if root is None else root, train=train, download=download, flip=False)
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # torchvision keeps (N, H, W, C) uint8
+    return to_model_range(images), torch.as_tensor(ds.targets, dtype=torch.int64)

@@ -3,17 +3,21 @@
 The released model is the paper's CIFAR-10 network converted from the original TensorFlow checkpoint; its
 diffusers configuration (config.json of google/ddpm-cifar10-32, defaults from diffusers' UNet2DModel) is
 `DDPM_CIFAR10_DIFFUSERS_CONFIG`. Only the architecture family our U-Net implements is accepted; anything
-else raises a ValueError naming the setting.
+else raises a ValueError naming the setting. `load_diffusers_ddpm` reads a whole model (UNet2DModel and its
+DDPMScheduler config) from the hub or a local folder: our U-Net's weights, Schedule and parameterisation.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..schedules import Schedule
 from .unet import UNet, UNetConfig
 
 DDPM_CIFAR10_REPO = "google/ddpm-cifar10-32"
@@ -213,3 +217,140 @@ def load_ddpm_cifar10_pretrained(
     model = UNet(cfg)
     model.load_state_dict(sd, strict=True)
     return model.to(device).eval()
+
+
+# diffusers' DDPMScheduler prediction_type -> our parameterization (diffusion.PARAMETERIZATIONS)
+_PREDICTION = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+
+
+def schedule_from_diffusers(scfg: Mapping[str, Any]) -> tuple[Schedule, str]:
+    """(our Schedule, our parameterization) for a diffusers DDPMScheduler config (its scheduler_config.json).
+
+    beta_schedule "linear" is Schedule.linear(T, beta_start, beta_end) in float64 (diffusers rounds it to float32),
+    "squaredcos_cap_v2" Schedule.cosine(T), trained_betas the table itself. A setting our Schedule cannot
+    represent (another beta_schedule, rescale_betas_zero_snr's bar alpha_T = 0) or a prediction_type our
+    Denoiser does not know raises a ValueError naming it.
+    """
+    scfg = dict(scfg)
+    T = int(scfg.get("num_train_timesteps", 1000))
+    prediction = scfg.get("prediction_type", "epsilon")
+    if prediction not in _PREDICTION:
+        raise ValueError(
+            f"scheduler prediction_type={prediction!r} is not supported: expected one of {tuple(_PREDICTION)}"
+        )
+    if scfg.get("rescale_betas_zero_snr"):
+        raise ValueError(
+            "scheduler rescale_betas_zero_snr=True is not supported: it sets bar alpha_T = 0 (infinite noise)"
+        )
+    kind = scfg.get("beta_schedule", "linear")
+    if scfg.get("trained_betas") is not None:
+        sched = Schedule(torch.as_tensor(scfg["trained_betas"], dtype=torch.float64), name="trained")
+    elif kind == "linear":
+        sched = Schedule.linear(T, float(scfg.get("beta_start", 1e-4)), float(scfg.get("beta_end", 0.02)))
+    elif kind == "squaredcos_cap_v2":
+        sched = Schedule.cosine(T)
+    else:
+        raise ValueError(
+            f"scheduler beta_schedule={kind!r} is not supported: expected one of"
+            f" 'linear', 'squaredcos_cap_v2' or trained_betas"
+        )
+    if sched.T != T:
+        raise ValueError(f"scheduler trained_betas has {sched.T} entries, but num_train_timesteps={T}")
+    return sched, _PREDICTION[prediction]
+
+
+def _subfolder(source: str, name: str, filename: str) -> str | None:
+    """Where ``filename`` lies in a local diffusers folder: its root (None) or the pipeline's ``name`` subfolder.
+    A hub id: the root, the layout of the google/ddpm-* repos."""
+    root = Path(source).expanduser()
+    if root.is_dir() and not (root / filename).is_file() and (root / name / filename).is_file():
+        return name
+    return None
+
+
+def _offline() -> bool:
+    """Whether the Hugging Face hub may not be reached: HF_HUB_OFFLINE set now or when huggingface_hub loaded."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+class HubUnavailableError(RuntimeError):
+    """A Hugging Face hub model that is neither a local folder, nor in the local cache, nor downloadable here."""
+
+
+def _plain(cfg: Mapping[str, Any]) -> dict:
+    """The entries of a diffusers config that a weights_only checkpoint holds (numbers, strings, their lists)."""
+    scalar = (type(None), bool, int, float, str)
+    out = {}
+    for k, v in dict(cfg).items():
+        if isinstance(v, scalar):
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, scalar) for x in v):
+            out[k] = list(v)
+    return out
+
+
+def load_diffusers_ddpm(source: str | os.PathLike = DDPM_CIFAR10_REPO) -> dict:
+    """A diffusers DDPM (UNet2DModel + DDPMScheduler) from a hub id or a local folder, as our pieces:
+    {"unet_config": UNetConfig, "state_dict": ours, "schedule": Schedule, "parameterization": str, "notes": dict}.
+
+    The folder holds config.json + weights and scheduler_config.json, at its root (google/ddpm-cifar10-32) or in
+    unet/ and scheduler/ (a saved pipeline). Without a scheduler config the paper's Schedule.linear(1000) is used.
+    A hub id needs a network the first time (huggingface_hub caches it); offline and not cached, this raises a
+    HubUnavailableError that says so.
+    """
+    try:
+        from diffusers import DDPMScheduler, UNet2DModel
+    except ImportError as e:  # diffusers is a test/book requirement, not a runtime dependency
+        raise ImportError("loading a diffusers model needs diffusers: pip install diffusers") from e
+    local = Path(source).expanduser().is_dir()
+    source = str(Path(source).expanduser()) if local else str(source)
+    if not local and source.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"no diffusers model folder at {source}")
+    offline = not local and _offline()
+    if offline:
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+            raise HubUnavailableError(
+                f"{source!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: loading it needs a network "
+                "once (e.g. Colab); after that it loads offline"
+            )
+    try:
+        unet = UNet2DModel.from_pretrained(
+            source,
+            subfolder=_subfolder(source, "unet", "config.json"),
+            local_files_only=offline,
+            low_cpu_mem_usage=False,  # without the accelerate package diffusers says it falls back to this
+        )
+    except OSError as e:  # diffusers reports a failed download as a missing file: say what it needs
+        if local:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise HubUnavailableError(
+            f"could not load {source!r} from the Hugging Face hub ({first}): it is not in the local cache, and "
+            "downloading it needs a network (e.g. Colab; the released CIFAR-10 model is about 143 MB, once)"
+        ) from None
+    ucfg, sd = unet_from_diffusers(unet)
+    sub = _subfolder(source, "scheduler", "scheduler_config.json")
+    if local and not (Path(source) / (sub or "") / "scheduler_config.json").is_file():
+        scfg = None
+    else:
+        try:
+            scfg = dict(DDPMScheduler.from_pretrained(source, subfolder=sub, local_files_only=offline).config)
+        except OSError:  # the weights came, so the hub answers: the repo has no scheduler config
+            scfg = None
+    sched, parameterization = schedule_from_diffusers(scfg) if scfg is not None else (Schedule.linear(1000), "eps")
+    notes = {
+        "source": source,
+        "diffusers_config": _plain(unet.config),
+        "scheduler_config": "missing: the paper's linear 1e-4..0.02, T = 1000" if scfg is None else _plain(scfg),
+    }
+    return {
+        "unet_config": ucfg,
+        "state_dict": sd,
+        "schedule": sched,
+        "parameterization": parameterization,
+        "notes": notes,
+    }
