@@ -1,0 +1,75 @@
+"""``python -m ddpm_tutor.assignments build|release|grade``: the instructor's commands (see ``--help``).
+
+build   writes an nbgrader course folder from the chapters (``make assignments``)
+release runs nbgrader generate_assignment: the student notebooks, without solutions, in <course>/release
+grade   checks and autogrades <course>/submitted/<student>/<assignment>, and writes the feedback
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..cli import UsageError, _int_at_least, _Parser
+from .build import BY, DEFAULT_TIMEOUT, build_course
+from .grade import grade, release
+
+
+def build_parser() -> _Parser:
+    """The command line: three subcommands, argparse's usage errors (exit status 2)."""
+    parser = _Parser(prog="python -m ddpm_tutor.assignments", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("build", help="write an nbgrader course folder from the chapters")
+    p.add_argument("--out", type=Path, default=Path("_build/course"), help="the course folder (default %(default)s)")
+    p.add_argument("--by", choices=BY, default="chapter", help="one assignment per chapter or per part")
+    p.add_argument("--chapters", nargs="+", metavar="CHAPTER", help="only these (e.g. part1/02_objective)")
+    p.add_argument("--timeout", type=_int_at_least(1), default=DEFAULT_TIMEOUT, help="seconds per cell when grading")
+    p = sub.add_parser("release", help="nbgrader generate_assignment: the student notebooks in <course>/release")
+    p.add_argument("--course", type=Path, default=Path("_build/course"))
+    p.add_argument("--assignment", nargs="+", help="only these (default: every assignment in <course>/source)")
+    p = sub.add_parser("grade", help="check, autograde and write feedback for <course>/submitted/*/<assignment>")
+    p.add_argument("--course", type=Path, default=Path("_build/course"))
+    p.add_argument("--assignment", required=True)
+    p.add_argument("--student", nargs="+", help="only these students (default: every one who submitted)")
+    p.add_argument("--timeout", type=_int_at_least(1), help="seconds per cell (default: the course's)")
+    return parser
+
+
+def run(args) -> int:
+    """Carry out one parsed command line; returns the exit status (1 when a submission could not be graded)."""
+    if args.command == "build":
+        written = build_course(args.out, args.by, args.chapters, timeout=args.timeout)
+        n = sum(map(len, written.values()))
+        print(f"{args.out}: {len(written)} assignments, {n} notebooks in source/; next: release --course {args.out}")
+        return 0
+    if not (args.course / "nbgrader_config.py").is_file():
+        raise UsageError(f"argument --course: no nbgrader_config.py in {args.course}; run `build --out {args.course}`")
+    if args.command == "release":
+        notebooks = release(args.course, args.assignment)
+        print(f"{args.course / 'release'}: {len(notebooks)} student notebooks")
+        return 0
+    status = 0
+    for res in grade(args.course, args.assignment, args.student, args.timeout):
+        if res.problems:
+            status = 1
+            print(f"{res.student}: not graded", *res.problems, sep="\n  ", file=sys.stderr)
+            continue
+        manual = f", {res.manual_max:g} of them for written answers to grade by hand" if res.manual_max else ""
+        print(
+            f"{res.student}: {res.score:g} / {res.max_score:g} points{manual}; feedback: "
+            + ", ".join(map(str, res.feedback))
+        )
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (UsageError, ValueError) as err:  # a bad course, assignment or student: one line, status 2
+        parser.error(str(err))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
