@@ -549,7 +549,7 @@ def cmd_sample(args) -> int:
 
     _check_sample_flags(args)
     device = torch.device(args.device) if args.device else default_device()
-    model, sched, state = _load(args.checkpoint, device)
+    model, sched, state = _load_or_pretrained(args.checkpoint, device)
     spec = state["model_spec"]
     if spec["kind"] == "mlp":
         _one_thread_for_small_models()
@@ -565,7 +565,8 @@ def cmd_sample(args) -> int:
     seconds = time.perf_counter() - t0
     ddim = args.sampler == "ddim"
     meta = {
-        "checkpoint": str(Path(args.checkpoint).resolve()),
+        # a file, or the name of a pretrained model (mnist, ddpm-cifar10) that is not a file here
+        "checkpoint": str(Path(args.checkpoint).resolve()) if Path(args.checkpoint).exists() else args.checkpoint,
         "sampler": args.sampler,
         "steps": args.steps if ddim else sched.T,
         "eta": args.eta if ddim else None,

@@ -327,3 +327,17 @@ def test_a_pretrained_hub_model_offline_is_a_usage_error(tmp_path, monkeypatch, 
         main(["evaluate", "--checkpoint", "ddpm-cifar10", "--fid", "10", "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_.value.code == 2 and "--checkpoint ddpm-cifar10:" in err and "needs a network" in err
+
+
+def test_sample_takes_a_pretrained_name(tmp_path, monkeypatch, capsys):
+    """`sample --checkpoint mnist` draws from the shipped model, as `evaluate` does; its meta names the model."""
+    monkeypatch.chdir(tmp_path)  # no file called "mnist" here
+    out = tmp_path / "s.pt"
+    assert (
+        main(["sample", "--checkpoint", "mnist", "--n", "2", "--steps", "2", "--out", str(out), "--device", "cpu"]) == 0
+    )
+    saved = torch.load(out, weights_only=True)
+    assert saved["samples"].shape == (2, 1, 28, 28) and saved["meta"]["checkpoint"] == "mnist"
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "--checkpoint", "no-such-model", "--n", "2", "--device", "cpu"])
+    assert exit_.value.code == 2
