@@ -1,7 +1,8 @@
 """The one switch for how much compute a chapter spends: DDPM_TUTOR_BUDGET = ci | book | full.
 
-ci: seconds per chapter (tests); book: minutes per chapter on a CPU (the default, and the HTML build);
-full: the paper's settings on a GPU. Chapters read it only through :func:`get_budget` / :func:`pick`.
+ci: seconds per chapter (tests); book: minutes per chapter on a CPU (the default without a GPU, and the HTML
+build); full: the paper's settings on a GPU (the default where torch sees a CUDA GPU, as in Colab's GPU runtime).
+Chapters read it only through :func:`get_budget` / :func:`pick`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ ENV_VAR = "DDPM_TUTOR_BUDGET"
 
 
 def get_budget() -> str:
-    """The budget named by the environment variable DDPM_TUTOR_BUDGET (default ``"book"``)."""
-    value = os.environ.get(ENV_VAR, "book").strip().lower()
+    """The budget named by the environment variable DDPM_TUTOR_BUDGET; unset, ``"full"`` where there is a CUDA GPU
+    (a learner in Colab with a GPU runtime gets the paper's settings) and ``"book"`` elsewhere."""
+    from . import device  # looked up at each call, so that tests can force the GPU's presence
+
+    value = os.environ.get(ENV_VAR, "full" if device.cuda_available() else "book").strip().lower()
     if value not in BUDGETS:
         raise ValueError(f"{ENV_VAR} must be one of {BUDGETS}, got {value!r}")
     return value
@@ -34,5 +38,7 @@ def announce(**settings) -> str:
     """Print (and return) one line naming the budget, the device and the chapter's chosen settings."""
     extra = ", ".join(f"{k}={v}" for k, v in settings.items())
     line = f"budget={get_budget()} device={default_device().type}" + (f" | {extra}" if extra else "")
+    if ENV_VAR not in os.environ and get_budget() == "full":  # chosen for the reader: say so, and how to change it
+        line += f" (full: a GPU is here; set {ENV_VAR}=book for the CPU sizes)"
     print(line)
     return line

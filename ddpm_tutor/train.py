@@ -57,6 +57,11 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def channels_last_default(device: torch.device, data: Tensor) -> bool:
+    """Whether to train in NHWC when not told: images (N, C, H, W) on CUDA, the layout of its convolution kernels."""
+    return device.type == "cuda" and data.ndim == 4
+
+
 @dataclass
 class TrainConfig:
     """Training settings; the defaults suit the 2D MLP."""
@@ -223,7 +228,7 @@ class Trainer:
         self.world = distributed.current()
         self.share = distributed.share(c.batch_size, self.world)  # this process's rows of every global batch
         self.device = torch.device(device) if device is not None else default_device()
-        self.channels_last = self.device.type == "cuda" and data.ndim == 4 if channels_last is None else channels_last
+        self.channels_last = channels_last_default(self.device, data) if channels_last is None else channels_last
         self.model = model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
