@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .device import default_device
+
 
 @dataclass(frozen=True)
 class World:
@@ -67,7 +69,7 @@ def device_for(world: World, requested: str | None) -> torch.device:
     """The device of this process: ``requested`` (None: CUDA when there is one, else the CPU); under torchrun
     "cuda" means cuda:LOCAL_RANK, one GPU per process."""
     if requested is None:
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
+        requested = default_device().type
     device = torch.device(requested)
     if not world.launched or device.type != "cuda":
         return device
