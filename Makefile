@@ -24,7 +24,7 @@ book: $(STAMP) mathjax
 	DDPM_TUTOR_BUDGET=$${DDPM_TUTOR_BUDGET:-book} $(BIN)/jupyter-book build . -W -n --keep-going
 
 ## The student edition: the same book without solutions (sphinx-exercise hide_solutions) and without the
-## instructor's guide (book/instructors.md: left out of its toc and sources) into _build_student/_build/html.
+## instructor's guide (book/instructors.ipynb: left out of its toc and sources) into _build_student/_build/html.
 ## It reuses the book's execution cache, so run `make book` first to save time.
 STUDENT_CONFIG := _build_student/_config_student.yml
 STUDENT_TOC := _build_student/_toc_student.yml
@@ -36,7 +36,7 @@ book-student: $(STAMP) mathjax
 	c["sphinx"]["recursive_update"] = True; \
 	c["title"] = c["title"] + " (student edition)"; \
 	c.setdefault("execute", {})["cache"] = str(pathlib.Path("_build/.jupyter_cache").resolve()); \
-	c["exclude_patterns"] = c.get("exclude_patterns", []) + ["book/instructors.md"]; \
+	c["exclude_patterns"] = c.get("exclude_patterns", []) + ["book/instructors.ipynb"]; \
 	yaml.safe_dump(c, open(sys.argv[1], "w"), sort_keys=False); \
 	t = yaml.safe_load(open("_toc.yml")); \
 	[p.update(chapters=[f for f in p["chapters"] if f.get("file") != "book/instructors"]) for p in t["parts"]]; \
