@@ -88,7 +88,7 @@ test-book: $(STAMP) mathjax
 ## _build_ci/screenshots.
 test-browser: node-deps chromium
 	@test -f _build_ci/_build/html/index.html || { echo "test-browser: no _build_ci/_build/html; run make test-book first"; exit 2; }
-	node tests/browser/check_book.mjs _build_ci/_build/html --layout 1280x800,1200x900 --screenshots _build_ci/screenshots
+	node tests/browser/check_book.mjs _build_ci/_build/html --layout 1280x800,1200x900 --phone 390x844 --dark on --page-sizes benchmarks/page_sizes.json --screenshots _build_ci/screenshots
 
 ## Node packages for the browser check and the MathJax the site serves (tests/browser/package.json, locked)
 NODE_STAMP := tests/browser/node_modules/.installed

@@ -3,10 +3,10 @@
 Static players
 --------------
 A player is a small animation with a frame slider and play / step buttons. It is matplotlib's
-``to_jshtml`` markup (every frame embedded as a PNG), so it works with no kernel and no network: in the
-published HTML book, in Colab and in Jupyter. Every player returns a :class:`Player` (an
-``IPython.display.HTML``): make it the last expression of a cell. Nothing else is displayed (the figure
-used to draw the frames is never shown as a separate PNG).
+``to_jshtml`` markup (every frame embedded as an 8-bit palette PNG on an opaque white background), so it
+works with no kernel and no network, and in a dark theme: in the published HTML book, in Colab and in
+Jupyter. Every player returns a :class:`Player` (an ``IPython.display.HTML``): make it the last expression
+of a cell. Nothing else is displayed (the figure used to draw the frames is never shown as a separate PNG).
 
 - :func:`scatter_player` -- 2-D point clouds over time (the forward chain, a sampler's trajectory).
 - :func:`image_player` -- batches of images in [-1, 1] over time, drawn as one grid per frame.
@@ -14,9 +14,11 @@ used to draw the frames is never shown as a separate PNG).
 - :func:`player` -- anything: ``draw(ax, i)`` draws frame ``i`` on an empty axes.
 
 Keep players light: at most :data:`MAX_FRAMES` frames (pick them with :func:`pick_frames`) and small
-figures; a page of the book downloads every frame of every player on it.
+figures; a page of the book downloads every frame of every player on it (budgets: README, "Publishing";
+``benchmarks/bench_page_size.py``).
 
-Static helpers: :func:`image_grid` (one grid of images), :func:`pick_frames`.
+Static helpers: :func:`image_grid` (one grid of images), :func:`pick_frames`, :func:`palette_png` (how frames
+are stored).
 
 Live widgets (ipywidgets)
 -------------------------
@@ -27,6 +29,8 @@ chapters use players and widgets (and the rest of a chapter's conventions) is in
 
 from __future__ import annotations
 
+import base64
+import io
 import re
 import tempfile
 from collections.abc import Callable, Sequence
@@ -48,12 +52,21 @@ __all__ = [
     "line_player",
     "image_grid",
     "pick_frames",
+    "palette_png",
     "live_only_note",
     "live_plot",
 ]
 
 MAX_FRAMES = 40
 """Most frames a player may carry (each is a PNG embedded in the page)."""
+
+FRAME_COLORS = 256
+"""Colours of a frame's palette. matplotlib writes 32-bit RGBA PNGs; an 8-bit palette (PIL's max-coverage
+quantiser, no dithering) made the 175 frames of the ci book 2.9 times smaller (5.67 to 1.96 MiB), every channel
+within 12/255 of matplotlib's; ``benchmarks/bench_page_size.py --formats`` compares PNG, JPEG and WebP."""
+
+FACECOLOR = "white"
+"""Background of every frame, opaque whatever the rcParams: players stay readable in the theme's dark mode."""
 
 EMBED_LIMIT_MB = 50.0
 """Size a player's markup may reach (matplotlib's default is 20 MB); past it matplotlib drops frames with only
@@ -80,7 +93,14 @@ _ICONS = {
     "fa fa-fast-forward": "\u00bb",  # last frame
     "fa fa-plus": "+",  # faster
 }
+# matplotlib sizes a player for a desktop: an inline-block as wide as its widest part (a 374 px slider), which a
+# phone's column cuts off. Let it shrink to its column instead: the frame scales down and the buttons wrap.
+_FIT_CSS = (
+    "<style>\n.animation { max-width: 100%; }\n.animation img { max-width: 100%; height: auto; }\n"
+    "input[type=range].anim-slider { max-width: 100%; }\n</style>\n"
+)
 _FRAME = re.compile(r"frames\[(\d+)\]\s*=\s*\"data:image/")
+_PNG_FRAME = re.compile(r"(frames\[\d+\]\s*=\s*\")data:image/png;base64,([^\"]*)\"")
 
 
 class Player(HTML):
@@ -124,6 +144,40 @@ def _offline_markup(html: str) -> str:
     return html
 
 
+def _fit_column(html: str) -> str:
+    return html.replace('<div class="animation">', _FIT_CSS + '<div class="animation">', 1)
+
+
+def palette_png(png: bytes, colors: int = FRAME_COLORS) -> bytes:
+    """A PNG re-encoded as an opaque 8-bit palette PNG of at most ``colors`` colours (alpha dropped)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not 2 <= colors <= 256:
+        raise ValueError(f"colors must be between 2 and 256 (an 8-bit palette), got {colors}")
+    try:
+        im = Image.open(io.BytesIO(png))
+    except UnidentifiedImageError as err:
+        raise ValueError("palette_png needs PNG bytes, got bytes that are no image") from err
+    with im:
+        if im.format != "PNG":
+            raise ValueError(f"palette_png needs PNG bytes, got {im.format}")
+        rgb = im.convert("RGB")  # frames are drawn on an opaque figure: alpha is 255 everywhere
+    # max coverage: on the book's frames its largest error was 12/255, median cut's 88 (a few coloured pixels
+    # merged into grey); dithering would only add noise that compresses badly
+    pal = rgb.quantize(colors=colors, method=Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    pal.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def _palette_frames(html: str) -> str:
+    def encode(m: re.Match) -> str:
+        png = palette_png(base64.b64decode(m.group(2).replace("\\\n", "")))  # matplotlib wraps base64 lines
+        return f'{m.group(1)}data:image/png;base64,{base64.b64encode(png).decode("ascii")}"'
+
+    return _PNG_FRAME.sub(encode, html)
+
+
 def player(
     draw: Callable,
     n_frames: int,
@@ -148,7 +202,7 @@ def player(
     if interval_ms <= 0:
         raise ValueError(f"interval_ms must be positive, got {interval_ms}")
 
-    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained", facecolor=FACECOLOR)
     ax = fig.add_subplot()
     if title:
         fig.suptitle(title, fontsize="medium")
@@ -166,7 +220,7 @@ def player(
         writer = animation.HTMLWriter(
             fps=1000.0 / interval_ms, embed_frames=True, default_mode="loop" if loop else "once", embed_limit=limit
         )
-        anim.save(str(path), writer=writer, dpi=dpi)
+        anim.save(str(path), writer=writer, dpi=dpi, savefig_kwargs={"facecolor": FACECOLOR, "transparent": False})
         html = path.read_text()
     found = len(_FRAME.findall(html))
     if found != n_frames:
@@ -174,7 +228,7 @@ def player(
             f"the player holds {found} of its {n_frames} frames: the size limit of its markup ({limit:g} MB) "
             "was reached; use fewer or smaller frames"
         )
-    return Player(_offline_markup(html), n_frames, labels)
+    return Player(_palette_frames(_fit_column(_offline_markup(html))), n_frames, labels)
 
 
 def _as_numpy(x, what: str) -> np.ndarray:

@@ -38,6 +38,8 @@ def test_scatter_player_carries_one_png_per_frame_and_is_offline():
     # nothing fetched from the network: matplotlib's Font Awesome CDN link and icons are gone
     assert "http://" not in html and "https://" not in html
     assert "fa fa-" not in html
+    # the player may shrink to a phone's column (tests/browser checks it is then usable at 390 px)
+    assert html.index("max-width: 100%") < html.index('<div class="animation">')
 
 
 def test_frames_differ_and_labels_default():
@@ -176,3 +178,69 @@ def test_live_only_note_and_live_plot():
     assert seen == [0.5] and slider.continuous_update is False
     slider.value = 0.25
     assert seen[-1] == 0.25
+
+
+def _draw_demo(ax, i):
+    g = np.random.default_rng(i)
+    ax.scatter(*g.normal(size=(2, 300)), s=4, alpha=0.5, color="C0", linewidths=0)
+    ax.plot(np.linspace(-2, 2, 50), np.sin(np.linspace(-2, 2, 50) * (i + 1)), color="C3")
+
+
+def test_frames_are_palette_pngs_close_to_matplotlibs_own_rendering():
+    import io
+
+    from PIL import Image
+
+    figsize, dpi = (3.0, 2.6), 80
+    p = viz.player(_draw_demo, 2, ["a", "b"], title="demo", figsize=figsize, dpi=dpi)
+    # the same frame drawn by matplotlib alone, as its HTMLWriter would save it (32-bit RGBA)
+    fig = matplotlib.figure.Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    fig.suptitle("demo", fontsize="medium")
+    _draw_demo(ax, 1)
+    ax.set_title("b", fontsize="small")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    ref = Image.open(buf)
+    got = Image.open(io.BytesIO(png_bytes(p.data, 1)))
+    assert ref.mode == "RGBA" and got.mode == "P" and "transparency" not in got.info
+    assert got.size == ref.size == (240, 208)
+    diff = np.abs(np.asarray(got.convert("RGB"), dtype=int) - np.asarray(ref.convert("RGB"), dtype=int))
+    assert diff.max() <= 16, diff.max()  # 256 colours are enough for a plot: no visible change
+    assert len(png_bytes(p.data, 1)) < len(buf.getvalue()) / 2
+
+
+def test_frames_stay_opaque_white_under_a_dark_or_transparent_style():
+    import io
+
+    from PIL import Image
+
+    dark = {"figure.facecolor": "black", "savefig.facecolor": "black", "savefig.transparent": True}
+    with matplotlib.rc_context(dark):
+        p = viz.scatter_player(_clouds(2), lims=5.0)
+    im = Image.open(io.BytesIO(png_bytes(p.data, 0))).convert("RGBA")
+    corners = [im.getpixel(xy) for xy in [(0, 0), (im.width - 1, 0), (0, im.height - 1), (im.width - 1, im.height - 1)]]
+    assert corners == [(255, 255, 255, 255)] * 4
+
+
+def test_palette_png_refuses_other_images_and_palette_sizes():
+    import io
+
+    from PIL import Image
+
+    jpeg = io.BytesIO()
+    Image.new("RGB", (4, 4), "white").save(jpeg, format="JPEG")
+    with pytest.raises(ValueError, match="PNG"):
+        viz.palette_png(jpeg.getvalue())
+    with pytest.raises(ValueError, match="no image"):
+        viz.palette_png(b"not an image")
+    png = io.BytesIO()
+    Image.new("RGB", (4, 4), "white").save(png, format="PNG")
+    with pytest.raises(ValueError, match="colors must be between 2 and 256"):
+        viz.palette_png(png.getvalue(), colors=300)
+    # an image of at most 256 colours goes through the palette unchanged
+    rgb = np.random.default_rng(0).integers(0, 4, size=(16, 16, 3)).astype(np.uint8) * 80
+    png = io.BytesIO()
+    Image.fromarray(rgb).save(png, format="PNG")
+    back = np.asarray(Image.open(io.BytesIO(viz.palette_png(png.getvalue()))).convert("RGB"))
+    assert np.array_equal(back, rgb)

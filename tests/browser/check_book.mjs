@@ -3,7 +3,8 @@
 //
 //   node tests/browser/check_book.mjs HTML_DIR [--screenshots DIR] [--home URL] [--branch NAME]
 //                                               [--config _config.yml] [--pages GLOB-ish substring]
-//                                               [--layout WxH[,WxH...]]
+//                                               [--layout WxH[,WxH...]] [--phone WxH|none] [--dark on|off]
+//                                               [--page-sizes benchmarks/page_sizes.json|none]
 //
 // Serves HTML_DIR on 127.0.0.1 (a tiny static server, here), opens every page under book/ with Debian's
 // Chromium through playwright-core, and for each page checks that
@@ -20,8 +21,17 @@
 //     width of a box that scrolls or clips its content) is at most the width of the box it sits in and of
 //     the article's column (article.bd-article, less its padding), within LAYOUT_SLACK_PX, and it lies
 //     inside that column. Hidden content (code-cell <details>, toggled solutions) is opened first;
-// and saves a full-page screenshot of each page. Prints one line per page, then `N passed, N failed`,
-// and exits 1 when any page failed (2 on bad usage).
+//   - at the --phone viewport (default 390x844) the page itself does not scroll sideways (equations and code
+//     may scroll in their own boxes), and every player's frame, slider and buttons lie on screen, not covered,
+//     and "First frame" then "Next frame" change its frame;
+//   - in the theme's dark mode (--dark on), every figure and every frame of every player has an opaque, light
+//     background (its four corner pixels), so black axes never sit on the dark page;
+//   - the page's own bytes (its HTML, players' frames included, and its images; not the theme and MathJax files
+//     every page shares) times the page's book/ci ratio recorded in --page-sizes (written by
+//     benchmarks/bench_page_size.py) are within that file's page budget; after all pages, the whole HTML_DIR
+//     times the recorded site ratio and number of editions is within the site budget;
+// and saves a full-page screenshot of each page, and one at the phone viewport in dark mode (NAME__phone__dark.jpg).
+// Prints one line per page, then `N passed, N failed`, and exits 1 when any page failed (2 on bad usage).
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import http from "node:http";
@@ -37,15 +47,23 @@ const PAGE_TIMEOUT_MS = 60_000;
 // Viewport(s) at which equations, players and figures must fit the text column, and the slack allowed (px).
 const LAYOUT_VIEWPORTS = "1280x800";
 const LAYOUT_SLACK_PX = 2;
+// A phone's viewport (iPhone 12-15: 390 x 844 CSS px), and the lightest a figure's corner may be in dark mode.
+const PHONE_VIEWPORT = "390x844";
+const LIGHT_MIN = 200;  // luminance 0..255 of a figure's corner pixels: matplotlib's white is 255
+const PAGE_SIZES = "benchmarks/page_sizes.json";
+const BENCH = "python benchmarks/bench_page_size.py";
 
 function usage(msg) {
   console.error(`check_book: ${msg}`);
-  console.error("usage: node tests/browser/check_book.mjs HTML_DIR [--screenshots DIR] [--home URL] [--branch NAME] [--config FILE] [--pages SUBSTRING] [--layout WxH[,WxH...]]");
+  console.error("usage: node tests/browser/check_book.mjs HTML_DIR [--screenshots DIR] [--home URL] [--branch NAME] [--config FILE] [--pages SUBSTRING] [--layout WxH[,WxH...]] [--phone WxH|none] [--dark on|off] [--page-sizes FILE|none]");
   process.exit(2);
 }
 
 function parseArgs(argv) {
-  const opts = { screenshots: null, home: null, branch: null, config: "_config.yml", pages: null, layout: LAYOUT_VIEWPORTS };
+  const opts = {
+    screenshots: null, home: null, branch: null, config: "_config.yml", pages: null, layout: LAYOUT_VIEWPORTS,
+    phone: PHONE_VIEWPORT, dark: "on", "page-sizes": PAGE_SIZES,
+  };
   const rest = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -62,10 +80,36 @@ function parseArgs(argv) {
     if (!m) usage(`--layout wants WIDTHxHEIGHT[,WIDTHxHEIGHT...], got ${opts.layout}`);
     return { width: Number(m[1]), height: Number(m[2]) };
   });
+  if (opts.phone === "none") opts.phone = null;
+  else {
+    const m = opts.phone.match(/^(\d+)x(\d+)$/);
+    if (!m) usage(`--phone wants WIDTHxHEIGHT or none, got ${opts.phone}`);
+    opts.phone = { width: Number(m[1]), height: Number(m[2]) };
+  }
+  if (!["on", "off"].includes(opts.dark)) usage(`--dark wants on or off, got ${opts.dark}`);
+  opts.dark = opts.dark === "on";
+  opts.sizes = opts["page-sizes"] === "none" ? null : readPageSizes(opts["page-sizes"]);
   opts.root = path.resolve(rest[0]);
   if (!fs.existsSync(path.join(opts.root, "index.html"))) usage(`${opts.root} has no index.html: build the book first`);
   return opts;
 }
+
+// The budgets and book/ci ratios that benchmarks/bench_page_size.py recorded.
+function readPageSizes(file) {
+  let sizes;
+  try {
+    sizes = JSON.parse(fs.readFileSync(file, "utf8"));
+  } catch (e) {
+    usage(`--page-sizes ${file}: ${e.code === "ENOENT" ? "no such file; run " + BENCH : e.message}`);
+  }
+  const b = sizes && sizes.budget, site = sizes && sizes.site;
+  if (!b || !(b.page_bytes > 0) || !(b.site_bytes > 0) || !sizes.pages || !site || !(site.ratio > 0) || !(site.editions >= 1)) {
+    usage(`--page-sizes ${file}: expected budget.page_bytes, budget.site_bytes, pages and site.ratio/editions (${BENCH} writes it)`);
+  }
+  return sizes;
+}
+
+const MB = (bytes) => (bytes / 1e6).toFixed(2);
 
 // The repository's home and branch, from _config.yml (repository: url / branch), unless given.
 function repoFromConfig(opts) {
@@ -277,8 +321,174 @@ async function checkPage(context, base, rel, opts, repo) {
     if (vp === opts.viewports[0]) notes.push(`fits ${vp.width}x${vp.height} (${found.measured} measured)`);
   }
 
+  const shot = (name) => path.join(opts.screenshots, rel.replace(/\//g, "__").replace(/\.html$/, name));
+  if (opts.phone) {
+    const vp = opts.phone, at = `at ${vp.width}x${vp.height}`, before = problems.length;
+    // no CSS transitions (the theme slides its sidebars away when the window narrows): measure the final layout now
+    await page.addStyleTag({ content: "*, *::before, *::after { transition: none !important; }" });
+    await page.setViewportSize(vp);
+    const wide = await page.evaluate(pageScrollsSideways, LAYOUT_SLACK_PX);
+    if (wide.scrollWidth > wide.clientWidth + LAYOUT_SLACK_PX) {
+      problems.push(`the page scrolls sideways ${at}: ${wide.scrollWidth} px wide in ${wide.clientWidth} px; ${wide.culprits.join("; ") || "cause not found"}`);
+    }
+    for (let i = 0; i < nPlayers; i++) {
+      try {
+        const p = players.nth(i);
+        await p.scrollIntoViewIfNeeded();
+        const { hidden, value, changed } = await p.evaluate(phonePlayer);
+        if (hidden.length) problems.push(`player ${i + 1} ${at}: not usable, ${hidden.join(", ")}`);
+        if (value !== 1 || !changed) problems.push(`player ${i + 1} ${at}: First then Next frame left the slider at ${value}${changed ? "" : " and the image unchanged"}`);
+      } catch (e) {
+        problems.push(`player ${i + 1} ${at}: ${e.message.split("\n")[0]}`);
+      }
+    }
+    if (problems.length === before) notes.push(`phone ${vp.width} ok`);
+  }
+  if (opts.dark) {
+    // at the phone's viewport when there is one: the pixels checked do not depend on it, and one screenshot then
+    // shows both passes
+    if (!opts.phone) await page.setViewportSize(opts.viewports[0]);
+    const dark = await page.evaluate(darkModeFigures, LIGHT_MIN);
+    if (!dark.theme) problems.push(`dark mode: the theme did not switch (html data-theme = ${dark.themeSeen})`);
+    for (const b of dark.bad.slice(0, 5)) problems.push(`dark mode: ${b}`);
+    if (dark.bad.length > 5) problems.push(`dark mode: and ${dark.bad.length - 5} more images without a light background`);
+    if (!dark.bad.length) notes.push(`dark ok (${dark.images} images)`);
+  }
+  if (opts.screenshots && (opts.phone || opts.dark)) {
+    // JPEG: smaller files, and a little faster to encode than a PNG this long
+    await page.evaluate(() => window.scrollTo(0, 0));
+    const name = `${opts.phone ? "__phone" : ""}${opts.dark ? "__dark" : ""}.jpg`;
+    await page.screenshot({ path: shot(name), fullPage: true, type: "jpeg", quality: 80 });
+  }
+  if (opts.sizes) {
+    // The page's own bytes: its HTML (players' frames are data: URIs in it) and the images it shows.
+    const srcs = await page.evaluate(() => [...new Set([...document.images].map((i) => i.currentSrc || i.src))]);
+    let own = fs.statSync(path.join(opts.root, rel)).size;
+    for (const src of srcs) {
+      const u = new URL(src);
+      if (u.origin !== origin || u.pathname.startsWith("/_static/")) continue;
+      const file = path.join(opts.root, decodeURIComponent(u.pathname));
+      if (fs.existsSync(file)) own += fs.statSync(file).size;
+    }
+    const rec = opts.sizes.pages[rel];
+    if (!rec) problems.push(`page size: ${rel} is not in ${opts["page-sizes"]}; run ${BENCH} after make test-book`);
+    else {
+      const book = own * rec.ratio;
+      if (book > opts.sizes.budget.page_bytes) {
+        problems.push(`page size: ${MB(own)} MB here x ${rec.ratio.toFixed(2)} (book/ci, ${opts["page-sizes"]}) = ${MB(book)} MB under budget book, over the ${MB(opts.sizes.budget.page_bytes)} MB budget`);
+      }
+      notes.push(`${MB(own)} MB, book ~${MB(book)} MB`);
+    }
+  }
+
   await page.close();
   return { problems, notes };
+}
+
+// Runs in the page: the page's scroll width and, when it is too wide, the outermost elements that stick out of
+// the viewport outside any box of their own that scrolls or clips.
+async function pageScrollsSideways(slack) {
+  if (window.MathJax && window.MathJax.startup && window.MathJax.startup.promise) await window.MathJax.startup.promise;
+  await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+  const se = document.scrollingElement;
+  const out = { scrollWidth: se.scrollWidth, clientWidth: se.clientWidth, culprits: [] };
+  if (out.scrollWidth <= out.clientWidth + slack) return out;
+  // boxes that keep what sticks out of them to themselves: they scroll or clip it, or are fixed to the screen
+  const contains = (el) => {
+    const cs = getComputedStyle(el);
+    return /^(auto|scroll|hidden|clip)$/.test(cs.overflowX) || cs.position === "fixed" || cs.visibility === "hidden";
+  };
+  const sticksOut = (el) => el.getBoundingClientRect().right > out.clientWidth + slack;
+  for (const el of document.body.querySelectorAll("*")) {
+    if (!sticksOut(el) || (el.parentElement && el.parentElement !== document.body && sticksOut(el.parentElement))) continue;
+    let a = el, inBox = false;
+    for (; a && a !== document.body; a = a.parentElement) if ((a !== el || getComputedStyle(a).position === "fixed") && contains(a)) { inBox = true; break; }
+    if (inBox) continue;
+    const name = el.tagName.toLowerCase() + (el.id ? `#${el.id}` : "") + (el.classList.length ? `.${[...el.classList].slice(0, 2).join(".")}` : "");
+    const text = (el.closest("h1, h2, h3, h4, h5, h6, p, li, td, th, dt") || el).textContent.replace(/[#¶]/g, "").replace(/\s+/g, " ").trim().slice(0, 50);
+    out.culprits.push(`${name}${text ? ` in ${JSON.stringify(text)}` : ""} ends at ${Math.round(el.getBoundingClientRect().right)} px`);
+    if (out.culprits.length >= 3) break;
+  }
+  return out;
+}
+
+// Runs in the page on one player: which of its frame, slider and buttons are not wholly on screen (cut by the
+// window or by a box that scrolls or clips) or are covered, and what its "First frame" then "Next frame" buttons
+// do (clicked here: the check above made sure nothing covers them).
+function phonePlayer(p) {
+  const bad = [];
+  // the visible strip: the window, narrowed by every enclosing box that scrolls or clips sideways
+  let left = 0, right = document.documentElement.clientWidth;
+  for (let a = p.parentElement; a && a !== document.body; a = a.parentElement) {
+    if (getComputedStyle(a).overflowX === "visible") continue;
+    const r = a.getBoundingClientRect();
+    left = Math.max(left, r.left + a.clientLeft);
+    right = Math.min(right, r.left + a.clientLeft + a.clientWidth);
+  }
+  for (const el of [p.querySelector("img"), p.querySelector("input.anim-slider"), ...p.querySelectorAll("button")]) {
+    if (!el) continue;
+    const r = el.getBoundingClientRect();
+    const name = el.tagName === "BUTTON" ? `button "${el.title}"` : el.tagName === "IMG" ? "its frame" : "its slider";
+    if (r.width <= 0 || r.left < left - 1 || r.right > right + 1) {
+      bad.push(`${name} spans ${Math.round(r.left)}..${Math.round(r.right)} px, visible ${Math.round(left)}..${Math.round(right)} px`);
+      continue;
+    }
+    const hit = document.elementFromPoint(r.left + r.width / 2, Math.min(Math.max(r.top + r.height / 2, 0), innerHeight - 1));
+    if (r.top + r.height / 2 >= 0 && r.top + r.height / 2 < innerHeight && !(hit && (hit === el || el.contains(hit)))) {
+      bad.push(`${name} is covered by ${hit ? hit.tagName.toLowerCase() + (hit.className ? "." + String(hit.className).split(" ")[0] : "") : "nothing"}`);
+    }
+  }
+  const img = p.querySelector("img"), slider = p.querySelector("input.anim-slider");
+  p.querySelector('button[title="First frame"]').click();
+  const first = img.src;
+  p.querySelector('button[title="Next frame"]').click();
+  return { hidden: bad, value: Number(slider.value), changed: img.src !== first };
+}
+
+// Runs in the page: switches pydata-sphinx-theme's CSS to dark mode (what its theme button does, less the choice
+// it stores for later pages) and returns every figure image and player frame of the article whose corner pixels
+// are not opaque and light.
+async function darkModeFigures(lightMin) {
+  document.documentElement.dataset.theme = "dark";
+  document.documentElement.dataset.mode = "dark";
+  await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+  const themeSeen = document.documentElement.dataset.theme;
+  const bg = getComputedStyle(document.body).backgroundColor;
+  const column = document.querySelector("article.bd-article") || document.body;
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = 1;
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  const corners = (img) => {
+    const w = img.naturalWidth, h = img.naturalHeight;
+    return [[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]].map(([x, y]) => {
+      ctx.clearRect(0, 0, 1, 1);
+      ctx.drawImage(img, x, y, 1, 1, 0, 0, 1, 1);
+      return [...ctx.getImageData(0, 0, 1, 1).data];
+    });
+  };
+  const light = ([r, g, b, a]) => a === 255 && 0.2126 * r + 0.7152 * g + 0.0722 * b >= lightMin;
+  const bad = [];
+  let images = 0;
+  const check = async (img, name) => {
+    if (!img.complete || !img.naturalWidth) await img.decode().catch(() => {});
+    if (!img.naturalWidth) return;  // a missing file is reported as such
+    images++;
+    const px = corners(img);
+    if (!px.every(light)) bad.push(`${name}: corner pixels (RGBA) ${px.map((c) => c.join(",")).join(" | ")}, not opaque and light`);
+  };
+  const players = [...column.querySelectorAll("div.animation")];
+  for (const [i, p] of players.entries()) {
+    const img = p.querySelector("img");
+    const anim = img && window[`anim${img.id.replace(/^_anim_img/, "")}`];
+    const frames = anim && anim.frames ? anim.frames : img ? [img] : [];
+    for (const [k, f] of frames.entries()) await check(f, `player ${i + 1} frame ${k + 1}`);
+  }
+  for (const img of column.querySelectorAll("img")) {
+    if (img.closest("div.animation")) continue;
+    const src = img.getAttribute("src") || "";
+    await check(img, `image ${src.startsWith("data:") ? "(inline)" : src.split("/").pop().slice(0, 24)}`);
+  }
+  return { theme: themeSeen === "dark" && bg !== "rgb(255, 255, 255)", themeSeen: `${themeSeen}, body ${bg}`, bad, images };
 }
 
 // Runs in the page: finds every display equation, player and image/figure in the article and returns those
@@ -427,6 +637,26 @@ async function main() {
     if (context) await context.close();
     server.close();
     fs.rmSync(userDataDir, { recursive: true, force: true });
+  }
+  if (opts.sizes) {
+    // The whole site as deployed: this build's files, scaled to budget book, once per edition (pages.yml).
+    let site = 0;
+    const walk = (dir) => {
+      for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+        const p = path.join(dir, e.name);
+        if (e.isDirectory()) walk(p);
+        else if (e.isFile()) site += fs.statSync(p).size;
+      }
+    };
+    walk(opts.root);
+    const { ratio, editions } = opts.sizes.site, budget = opts.sizes.budget.site_bytes;
+    const deployed = site * ratio * editions;
+    const line = `${MB(site)} MB here x ${ratio.toFixed(2)} (book/ci) x ${editions} edition(s) = ${MB(deployed)} MB deployed, budget ${MB(budget)} MB`;
+    if (deployed > budget) {
+      failed++;
+      console.log("FAIL site size");
+      console.log(`     - ${line}`);
+    } else console.log(`ok   site size (${line})`);
   }
   const secs = ((Date.now() - t0) / 1000).toFixed(1);
   console.log(`browser check: ${pages.length} pages in ${secs} s${opts.screenshots ? `, screenshots in ${opts.screenshots}` : ""}`);
