@@ -252,6 +252,7 @@ class Trainer:
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self._ema_update = get_ema_multi_avg_fn(c.ema_decay)
         self.ema = AveragedModel(self.model, multi_avg_fn=self._ema_update, use_buffers=True)
+        self._ema_groups: list | None = None  # the EMA's and the model's tensors, paired and grouped (_update_ema)
         self.autocast = c.amp == "bf16" or (c.amp == "auto" and native_bf16(self.device))
         net = self.model
         if self.world.launched:  # under torchrun, with one process too: the same code path as with N
@@ -354,14 +355,16 @@ class Trainer:
         """AveragedModel.update_parameters without its host-device sync (it copies its step counter from the CPU
         to the device at every call): the EMA starts as a copy of the weights, then moves towards them by
         1 - ema_decay per step, with the same foreach kernel."""
-        groups: dict = {}  # (device, dtype) -> (EMA tensors, model tensors), as AveragedModel groups them
-        ema, model = self.ema.module, self.model
-        for mine, new in zip((*ema.parameters(), *ema.buffers()), (*model.parameters(), *model.buffers())):
-            ema_list, new_list = groups.setdefault((mine.device, mine.dtype), ([], []))
-            ema_list.append(mine.detach())
-            new_list.append(new.detach())
+        if self._ema_groups is None:  # once: the tensors are updated in place, never replaced
+            groups: dict = {}  # (device, dtype) -> (EMA tensors, model tensors), as AveragedModel groups them
+            ema, model = self.ema.module, self.model
+            for mine, new in zip((*ema.parameters(), *ema.buffers()), (*model.parameters(), *model.buffers())):
+                ema_list, new_list = groups.setdefault((mine.device, mine.dtype), ([], []))
+                ema_list.append(mine.detach())
+                new_list.append(new.detach())
+            self._ema_groups = list(groups.values())
         first = bool(self.ema.n_averaged == 0)  # a CPU tensor: no sync
-        for ema_list, new_list in groups.values():
+        for ema_list, new_list in self._ema_groups:
             if first:
                 for mine, new in zip(ema_list, new_list):
                     mine.copy_(new)
