@@ -23,30 +23,24 @@ book: $(STAMP) mathjax
 	@case "$${DDPM_TUTOR_BUDGET:-book}" in ci) echo "make book: budget ci is for make test-book (_build_ci)"; exit 2;; esac
 	DDPM_TUTOR_BUDGET=$${DDPM_TUTOR_BUDGET:-book} $(BIN)/jupyter-book build . -W -n --keep-going
 
-## The student edition: the same book without solutions (sphinx-exercise hide_solutions) and without the
-## instructor's guide (book/instructors.ipynb: left out of its toc and sources) into _build_student/_build/html.
-## It reuses the book's execution cache, so run `make book` first to save time.
-STUDENT_CONFIG := _build_student/_config_student.yml
-STUDENT_TOC := _build_student/_toc_student.yml
+## The student edition: the book without solutions (sphinx-exercise hide_solutions) and without the instructor's
+## guide, into _build_student/_build/html. Its download buttons serve, and its Colab links open (from the branch
+## STUDENT_BRANCH, which the pages workflow fills), the chapters without their solutions, which
+## `python -m ddpm_tutor.assignments student` writes to _build_student/notebooks; it then checks every page and
+## file of the edition for a line of a solution. It reuses the book's execution cache: run `make book` first.
+STUDENT_BRANCH ?= student
+# $(1): the execution cache to reuse, $(2): the edition's folder, $(3): the budget
+define student_edition
+	$(BIN)/python -m ddpm_tutor.assignments student --out $(2) --cache $(1) --branch $(STUDENT_BRANCH)
+	DDPM_TUTOR_BUDGET=$(3) OMP_NUM_THREADS=1 $(BIN)/jupyter-book build . --config $(2)/_config_student.yml \
+	  --toc $(2)/_toc_student.yml --path-output $(2) -W -n --keep-going
+	@! test -e $(2)/_build/html/book/instructors.html \
+	  || { echo "the instructor's guide is in the student edition $(2)"; exit 1; }
+	$(BIN)/python -m ddpm_tutor.assignments student --out $(2) --html $(2)/_build/html --branch $(STUDENT_BRANCH)
+endef
 book-student: $(STAMP) mathjax
 	@case "$${DDPM_TUTOR_BUDGET:-book}" in ci) echo "make book-student: budget ci is for make test-book"; exit 2;; esac
-	mkdir -p _build_student
-	$(BIN)/python -c 'import sys, yaml, pathlib; c = yaml.safe_load(open("_config.yml")); \
-	c.setdefault("sphinx", {}).setdefault("config", {})["hide_solutions"] = True; \
-	c["sphinx"]["recursive_update"] = True; \
-	c["title"] = c["title"] + " (student edition)"; \
-	c.setdefault("execute", {})["cache"] = str(pathlib.Path("_build/.jupyter_cache").resolve()); \
-	c["exclude_patterns"] = c.get("exclude_patterns", []) + ["book/instructors.ipynb"]; \
-	yaml.safe_dump(c, open(sys.argv[1], "w"), sort_keys=False); \
-	t = yaml.safe_load(open("_toc.yml")); \
-	[p.update(chapters=[f for f in p["chapters"] if f.get("file") != "book/instructors"]) for p in t["parts"]]; \
-	yaml.safe_dump(t, open(sys.argv[2], "w"), sort_keys=False)' $(STUDENT_CONFIG) $(STUDENT_TOC)
-	DDPM_TUTOR_BUDGET=$${DDPM_TUTOR_BUDGET:-book} $(BIN)/jupyter-book build . --config $(STUDENT_CONFIG) \
-	  --toc $(STUDENT_TOC) --path-output _build_student -W -n --keep-going
-	@! test -e _build_student/_build/html/book/instructors.html \
-	  || { echo "make book-student: the instructor's guide is in the student edition"; exit 1; }
-	@! grep -rl 'class="solution' _build_student/_build/html --include=*.html \
-	  || { echo "make book-student: a solution is left in the pages above"; exit 1; }
+	$(call student_edition,_build/.jupyter_cache,_build_student,$${DDPM_TUTOR_BUDGET:-book})
 
 ## The nbgrader course of the exercises into _build/course (COURSE=...; BY=part for one assignment per part),
 ## released: student notebooks without solutions in _build/course/release. Grading: see the instructor's guide.
@@ -76,19 +70,23 @@ test-nb: $(STAMP)
 	DDPM_TUTOR_BUDGET=ci OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(XDIST) --nbval-lax \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly $$(ls book/part*/*.ipynb)
 
-## The book under budget ci into _build_ci/_build/html, with its own execution cache (_build_ci/_build/.jupyter_cache).
+## The book under budget ci into _build_ci/_build/html, with its own execution cache (_build_ci/_build/.jupyter_cache),
+## then its student edition (from that cache) into _build_ci/student/_build/html.
 ## One thread per chapter, as nbval runs them: under load, a chapter's spinning second thread made it take 191 s
 ## instead of 20 s.
 test-book: $(STAMP) mathjax
 	DDPM_TUTOR_BUDGET=ci OMP_NUM_THREADS=1 $(BIN)/jupyter-book build . --path-output _build_ci -W -n --keep-going
+	$(call student_edition,_build_ci/_build/.jupyter_cache,_build_ci/student,ci)
 
 ## Headless Chromium over every page of the ci build: offline MathJax, players step, Colab links, no
 ## request off 127.0.0.1, no console error, and every equation, player and figure fits the text column at
 ## two window sizes (--layout 1280x800,1200x900; at 1200 the column is narrower). Screenshots in
-## _build_ci/screenshots.
+## _build_ci/screenshots. Then the student edition: no page, download or Colab link of it serves a solution.
 test-browser: node-deps chromium
 	@test -f _build_ci/_build/html/index.html || { echo "test-browser: no _build_ci/_build/html; run make test-book first"; exit 2; }
 	node tests/browser/check_book.mjs _build_ci/_build/html --layout 1280x800,1200x900 --phone 390x844 --dark on --page-sizes benchmarks/page_sizes.json --screenshots _build_ci/screenshots
+	node tests/browser/check_book.mjs _build_ci/student/_build/html --config _build_ci/student/_config_student.yml \
+	  --student _build_ci/student --layout none --phone none --dark off --page-sizes none
 
 ## Node packages for the browser check and the MathJax the site serves (tests/browser/package.json, locked)
 NODE_STAMP := tests/browser/node_modules/.installed

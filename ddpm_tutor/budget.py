@@ -34,10 +34,19 @@ def pick(*, ci, book, full=None, budget: str | None = None):
     return {"ci": ci, "book": book, "full": book if full is None else full}[budget]
 
 
-def announce(**settings) -> str:
-    """Print (and return) one line naming the budget, the device and the chapter's chosen settings."""
+def announce(*, device=None, **settings) -> str:
+    """Print (and return) one line naming the budget, the device and the chapter's chosen settings.
+
+    ``device``: the device the chapter computes on, when it is not :func:`default_device`'s choice: a chapter of
+    closed forms and small sums passes ``"cpu"``, and where there is a GPU the line says that it is left idle.
+    """
+    import torch
+
+    chosen = default_device() if device is None else torch.device(device)
     extra = ", ".join(f"{k}={v}" for k, v in settings.items())
-    line = f"budget={get_budget()} device={default_device().type}" + (f" | {extra}" if extra else "")
+    line = f"budget={get_budget()} device={chosen.type}" + (f" | {extra}" if extra else "")
+    if chosen.type == "cpu" and default_device().type != "cpu":
+        line += " (a GPU is here; this chapter's computations are small and run on the CPU)"
     if ENV_VAR not in os.environ and get_budget() == "full":  # chosen for the reader: say so, and how to change it
         line += f" (full: a GPU is here; set {ENV_VAR}=book for the CPU sizes)"
     print(line)

@@ -35,6 +35,7 @@ ALLOWED_TAGS = {
     "full-width",
     "margin",
     "self-check",
+    "solution",  # a hidden check of a solution: left out of the student edition's notebooks
     "raises-exception",
     "skip-execution",
     "nbval-ignore-output",

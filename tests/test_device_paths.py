@@ -55,6 +55,14 @@ def test_announce_names_the_budget_and_the_forced_device(monkeypatch, capsys, na
     line = budget.announce(steps=3, scales=[0.0, 1.0])
     assert line == f"budget={name} device=cuda | steps=3, scales=[0.0, 1.0]"
     assert capsys.readouterr().out == line + "\n"
+    # a chapter that computes on the CPU says so, and says the GPU it leaves idle; without a GPU, nothing to say
+    line = budget.announce(device="cpu", steps=3)
+    assert line == f"budget={name} device=cpu | steps=3{CPU_ON_PURPOSE}"
+    force_device(monkeypatch, "cpu")
+    assert budget.announce(device="cpu", steps=3) == f"budget={name} device=cpu | steps=3"
+
+
+CPU_ON_PURPOSE = " (a GPU is here; this chapter's computations are small and run on the CPU)"
 
 
 def _setup_cell(path: Path) -> str:
@@ -107,19 +115,29 @@ def _run_setup(monkeypatch, source: str, stmts: list[ast.stmt], name: str, kind:
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_a_chapter_announces_its_budget_and_the_device_first(monkeypatch, path):
     """Its first output line names the budget and device; under each budget it picks the sizes it states; with
-    a GPU forced its device is cuda and it skips its CPU-only thread setting, which the CPU twin takes."""
+    a GPU forced its device is cuda and it skips its CPU-only thread setting, which the CPU twin takes. A chapter
+    announces cuda only if its code uses that device, and one that stays on the CPU says so."""
     source = _setup_cell(path)
     stmts = _choosing_part(source)
     announce = next(
         n for s in stmts for n in ast.walk(s) if isinstance(n, ast.Call) and ast.unparse(n.func).endswith("announce")
     )
+    fixed = [k.value.value for k in announce.keywords if k.arg == "device"]
+    on = fixed[0] if fixed else "cuda"
+    code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    uses = len(re.findall(r"device=device\b|\.to\(device\b|\bdevice\)", code))
+    # A chapter that announces the GPU puts its work there; one that computes on the CPU says so (device="cpu").
+    assert (on == "cuda") == (uses > 0), (path.name, on, uses)
     for name in ("ci", "book", "full"):
         ns, printed, threads_gpu = _run_setup(monkeypatch, source, stmts, name, "cuda")
         for var, value in _expected_picks(stmts, name).items():
             assert ns[var] == value, (path.name, name, var)
-        settings = ", ".join(f"{k.arg}={eval(ast.unparse(k.value), ns)}" for k in announce.keywords)
+        settings = ", ".join(
+            f"{k.arg}={eval(ast.unparse(k.value), ns)}" for k in announce.keywords if k.arg != "device"
+        )
         first = printed.splitlines()[0] if printed else ""
-        assert first == f"budget={name} device=cuda" + (f" | {settings}" if settings else ""), (path.name, printed)
+        line = f"budget={name} device={on}" + (f" | {settings}" if settings else "") + (on == "cpu") * CPU_ON_PURPOSE
+        assert first.startswith(line), (path.name, printed)
         if "device" in ns:
             assert ns["device"] == torch.device("cuda"), path.name
     ns, printed, threads_cpu = _run_setup(monkeypatch, source, stmts, "ci", "cpu")

@@ -5,6 +5,7 @@
 //                                               [--config _config.yml] [--pages GLOB-ish substring]
 //                                               [--layout WxH[,WxH...]] [--phone WxH|none] [--dark on|off]
 //                                               [--page-sizes benchmarks/page_sizes.json|none]
+//                                               [--student DIR]
 //
 // Serves HTML_DIR on 127.0.0.1 (a tiny static server, here), opens every page under book/ with Debian's
 // Chromium through playwright-core, and for each page checks that
@@ -30,6 +31,11 @@
 //     every page shares) times the page's book/ci ratio recorded in --page-sizes (written by
 //     benchmarks/bench_page_size.py) are within that file's page budget; after all pages, the whole HTML_DIR
 //     times the recorded site ratio and number of editions is within the site budget;
+//   - with --student DIR (a student edition: DIR holds the solution-free notebooks/ and the solution_fingerprints.json
+//     that `python -m ddpm_tutor.assignments student` writes), the page, every notebook it links to (its download
+//     button, fetched from the site) and the notebook each Colab link opens (the file of DIR/notebooks at the link's
+//     path, which the pages workflow pushes to that branch) hold no line of a solution and no :::{solution}
+//     block; a page built from a notebook must offer both links. --layout none skips the layout check;
 // and saves a full-page screenshot of each page, and one at the phone viewport in dark mode (NAME__phone__dark.jpg).
 // Prints one line per page, then `N passed, N failed`, and exits 1 when any page failed (2 on bad usage).
 import { chromium } from "playwright-core";
@@ -55,14 +61,14 @@ const BENCH = "python benchmarks/bench_page_size.py";
 
 function usage(msg) {
   console.error(`check_book: ${msg}`);
-  console.error("usage: node tests/browser/check_book.mjs HTML_DIR [--screenshots DIR] [--home URL] [--branch NAME] [--config FILE] [--pages SUBSTRING] [--layout WxH[,WxH...]] [--phone WxH|none] [--dark on|off] [--page-sizes FILE|none]");
+  console.error("usage: node tests/browser/check_book.mjs HTML_DIR [--screenshots DIR] [--home URL] [--branch NAME] [--config FILE] [--pages SUBSTRING] [--layout WxH[,WxH...]] [--phone WxH|none] [--dark on|off] [--page-sizes FILE|none] [--student DIR]");
   process.exit(2);
 }
 
 function parseArgs(argv) {
   const opts = {
     screenshots: null, home: null, branch: null, config: "_config.yml", pages: null, layout: LAYOUT_VIEWPORTS,
-    phone: PHONE_VIEWPORT, dark: "on", "page-sizes": PAGE_SIZES,
+    phone: PHONE_VIEWPORT, dark: "on", "page-sizes": PAGE_SIZES, student: null,
   };
   const rest = [];
   for (let i = 0; i < argv.length; i++) {
@@ -75,7 +81,7 @@ function parseArgs(argv) {
     else rest.push(a);
   }
   if (rest.length !== 1) usage("give exactly one HTML_DIR");
-  opts.viewports = opts.layout.split(",").map((v) => {
+  opts.viewports = opts.layout === "none" ? [] : opts.layout.split(",").map((v) => {
     const m = v.trim().match(/^(\d+)x(\d+)$/);
     if (!m) usage(`--layout wants WIDTHxHEIGHT[,WIDTHxHEIGHT...], got ${opts.layout}`);
     return { width: Number(m[1]), height: Number(m[2]) };
@@ -89,6 +95,7 @@ function parseArgs(argv) {
   if (!["on", "off"].includes(opts.dark)) usage(`--dark wants on or off, got ${opts.dark}`);
   opts.dark = opts.dark === "on";
   opts.sizes = opts["page-sizes"] === "none" ? null : readPageSizes(opts["page-sizes"]);
+  opts.solutions = opts.student ? readFingerprints(opts.student) : null;
   opts.root = path.resolve(rest[0]);
   if (!fs.existsSync(path.join(opts.root, "index.html"))) usage(`${opts.root} has no index.html: build the book first`);
   return opts;
@@ -107,6 +114,44 @@ function readPageSizes(file) {
     usage(`--page-sizes ${file}: expected budget.page_bytes, budget.site_bytes, pages and site.ratio/editions (${BENCH} writes it)`);
   }
   return sizes;
+}
+
+// A student edition's solution-free notebooks and the lines of the solutions they must not hold.
+function readFingerprints(dir) {
+  const file = path.join(dir, "solution_fingerprints.json");
+  let prints;
+  try {
+    prints = JSON.parse(fs.readFileSync(file, "utf8"));
+  } catch (e) {
+    usage(`--student ${dir}: cannot read ${file} (${e.code || e.message}); python -m ddpm_tutor.assignments student writes it`);
+  }
+  const lines = Object.entries(prints).flatMap(([entry, ls]) => ls.map((line) => ({ entry, line })));
+  if (!lines.length) usage(`--student ${dir}: ${file} lists no solution line`);
+  return { notebooks: path.join(dir, "notebooks"), lines };
+}
+
+// What a served file says, whitespace collapsed (as ddpm_tutor.assignments.student.page_text): a notebook's cell
+// sources and text outputs.
+const collapse = (text) => text.split(/\s+/).filter(Boolean).join(" ");
+function notebookText(raw) {
+  const parts = [];
+  for (const cell of JSON.parse(raw).cells || []) {
+    const src = cell.source || "";
+    parts.push(Array.isArray(src) ? src.join("") : src);
+    for (const out of cell.outputs || []) {
+      const texts = [out.text || ""];
+      for (const [k, v] of Object.entries(out.data || {})) if (k.startsWith("text/")) texts.push(v);
+      for (const t of texts) parts.push(Array.isArray(t) ? t.join("") : t);
+    }
+  }
+  return collapse(parts.join("\n"));
+}
+
+// The solutions a text holds: "chapter: line" of each fingerprint found, and a MyST solution block.
+function solutionLeaks(text, solutions) {
+  const found = solutions.lines.filter(({ line }) => text.includes(line)).map(({ entry, line }) => `${entry}: ${line.slice(0, 80)}`);
+  if (/:{3,}\{solution\}/.test(text)) found.push("a :::{solution} block");
+  return found;
 }
 
 const MB = (bytes) => (bytes / 1e6).toFixed(2);
@@ -297,6 +342,36 @@ async function checkPage(context, base, rel, opts, repo) {
     problems.push(`page is not a notebook but links to Colab: ${colab[0]}`);
   }
 
+  if (opts.solutions) {
+    const leaks = [];
+    const html = await page.content();
+    if (/class="[^"]*\bsolution\b/.test(html)) leaks.push("the page: a solution element (sphinx-exercise)");
+    const pageText = collapse(await page.evaluate(() => document.body.textContent));
+    for (const l of solutionLeaks(pageText, opts.solutions)) leaks.push(`the page: ${l}`);
+    const downloads = await page.evaluate(() =>
+      [...document.querySelectorAll("a[href]")].map((a) => a.href).filter((h) => /\.ipynb(\?|#|$)/.test(new URL(h).pathname)));
+    const local = [...new Set(downloads.filter((h) => new URL(h).origin === origin))];
+    for (const h of new Set(downloads.filter((u) => new URL(u).origin !== origin && !u.startsWith("https://colab.research.google.com/")))) {
+      problems.push(`student edition: links to a notebook off the site, which this check cannot vouch for: ${h}`);
+    }
+    for (const url of local) {
+      const resp = await page.request.get(url);
+      if (!resp.ok()) { problems.push(`download ${url}: HTTP ${resp.status()}`); continue; }
+      for (const l of solutionLeaks(notebookText(await resp.text()), opts.solutions)) leaks.push(`download ${new URL(url).pathname}: ${l}`);
+    }
+    const colabPrefix = `https://colab.research.google.com/github/${repo.owner}/${repo.repo}/blob/${repo.branch}/`;
+    for (const url of colab) {
+      if (!url.startsWith(colabPrefix)) { problems.push(`Colab link off the student branch ${repo.branch}: ${url}`); continue; }
+      const file = path.join(opts.solutions.notebooks, url.slice(colabPrefix.length));
+      if (!fs.existsSync(file)) { problems.push(`Colab link ${url}: no such notebook on the branch (${file})`); continue; }
+      for (const l of solutionLeaks(notebookText(fs.readFileSync(file, "utf8")), opts.solutions)) leaks.push(`Colab ${url}: ${l}`);
+    }
+    if (fromNotebook && (!local.length || !colab.length)) problems.push(`student edition: want a download and a Colab link, found ${local.length} and ${colab.length}`);
+    for (const l of leaks.slice(0, 5)) problems.push(`solution served: ${l}`);
+    if (leaks.length > 5) problems.push(`solution served: and ${leaks.length - 5} more`);
+    if (!leaks.length) notes.push(`no solution (${local.length} download(s), ${colab.length} Colab link(s))`);
+  }
+
   // Off-site requests (all blocked): none is allowed.
   for (const u of [...new Set(offsite)]) problems.push(`request off 127.0.0.1 (blocked): ${u}`);
 
@@ -347,7 +422,7 @@ async function checkPage(context, base, rel, opts, repo) {
   if (opts.dark) {
     // at the phone's viewport when there is one: the pixels checked do not depend on it, and one screenshot then
     // shows both passes
-    if (!opts.phone) await page.setViewportSize(opts.viewports[0]);
+    if (!opts.phone && opts.viewports.length) await page.setViewportSize(opts.viewports[0]);
     const dark = await page.evaluate(darkModeFigures, LIGHT_MIN);
     if (!dark.theme) problems.push(`dark mode: the theme did not switch (html data-theme = ${dark.themeSeen})`);
     for (const b of dark.bad.slice(0, 5)) problems.push(`dark mode: ${b}`);
@@ -601,6 +676,9 @@ async function measureLayout(slack) {
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   const repo = repoFromConfig(opts);
+  if (opts.student && repo.branch === "main") {
+    usage(`--student: the Colab links of a student edition open its own branch, not main (the solutions'); pass its --config`);
+  }
   if (!fs.existsSync(CHROMIUM)) usage(`no Chromium at ${CHROMIUM}: make chromium (apt-get install chromium)`);
   if (opts.screenshots) fs.mkdirSync(opts.screenshots, { recursive: true });
   const pages = listPages(opts.root, opts.pages);
