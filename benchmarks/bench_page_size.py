@@ -1,6 +1,7 @@
 """Bytes each page of the book makes a reader download: measured on the ci build, estimated for budget book.
 
     python benchmarks/bench_page_size.py [--html _build_ci/_build/html] [--json benchmarks/page_sizes.json]
+    python benchmarks/bench_page_size.py --book-html _build/html --student-html _build_student/_build/html
     python benchmarks/bench_page_size.py --formats   # bytes per frame of typical players in candidate formats
 
 Reads the ci build (`make test-book`). A page's own bytes are its HTML file (every player's frames are data: URIs
@@ -13,7 +14,10 @@ BOOK_FRAMES does not list, or whose ci frame count differs from it (the chapter 
 viz.MAX_FRAMES frames, the most any player may have. Not modelled: more points per scatter frame under book
 (e.g. 2000 instead of 600), which makes a frame's PNG somewhat larger.
 
-Writes the budgets and, per page and for the site, the ci bytes, the book estimate and their ratio to --json;
+With --book-html (a `make book` build, and --student-html its `make book-student`), nothing is estimated: each
+page's book bytes are measured on that build, and the deployed site is the two editions' folders as built.
+
+Writes the budgets and, per page and for the site, the ci bytes, the book bytes and their ratio to --json;
 the browser check (make test-browser) multiplies the ci build's sizes by these ratios and fails a page (or the
 site) over budget. The site is one edition's HTML folder; pages.yml deploys two (the book and the student
 edition), so the site budget applies to twice the book estimate. Prints the command, the machine and a table.
@@ -42,7 +46,7 @@ SITE_BUDGET_BYTES = 60_000_000  # everything pages.yml deploys (the book and its
 EDITIONS = 2  # pages.yml deploys the book at the root and the student edition under student/
 
 # Per page, each player in page order: (ci frames, book frames, images per frame book / ci), from the chapter's
-# budget.pick(...) values. 01_mnist's image_player shows nothing: its cell ends with glue(...), not the player.
+# budget.pick(...) values (or a make book build, where so marked).
 BOOK_FRAMES: dict[str, list[tuple[int, int, float]]] = {
     "book/part1/01_augmentation.html": [(8, 24, 1.0)] * 3,  # N_FRAMES = pick(ci=8, book=24), t's all distinct
     "book/part1/02_objective.html": [(8, 22, 1.0)],  # N_FRAMES 24: round(1000 ** (k / 23)) has 22 distinct t
@@ -65,7 +69,7 @@ BOOK_FRAMES: dict[str, list[tuple[int, int, float]]] = {
         (10, 24, 1.0),
         (3, 11, 1.0),
     ],  # N_FRAMES = pick(ci=10, book=24); shared_ts 3 -> 11
-    "book/part3/01_mnist.html": [],
+    "book/part3/01_mnist.html": [(12, 40, 1.0)],  # 12 frames under ci; 40 in a make book build (measured)
     "book/part3/02_fast_sampling.html": [(2, 5, 1.0)],  # STEPS: [5, 10] -> [10, 20, 50, 100, 200]
     "book/part3/04_guided_mnist.html": [(3, 5, 1.6)],  # SCALES 3 -> 5; PER_CLASS = pick(ci=5, book=8) digits per row
     "book/part3/05_paper_model.html": [(3, 8, 1.0)],  # N_FRAMES = pick(ci=3, book=8), DDIM_STEPS 3 -> 10
@@ -154,6 +158,26 @@ def measure(root: Path, max_frames: int) -> tuple[dict, list[str]]:
     return pages, warnings
 
 
+def page_bytes(root: Path) -> dict[str, int]:
+    """Per page of a build: its HTML plus the local images it shows."""
+    out = {}
+    for page in sorted((root / "book").rglob("*.html")):
+        html = page.read_text(encoding="utf-8")
+        out[page.relative_to(root).as_posix()] = page.stat().st_size + sum(own_images(page, html, root).values())
+    return out
+
+
+def measured_book(pages: dict, book_root: Path) -> list[str]:
+    """Replace each page's book estimate by its bytes in a real book build; the warnings for pages it lacks."""
+    book = page_bytes(book_root)
+    warnings = [f"{rel}: not in {book_root}" for rel in pages if rel not in book]
+    warnings += [f"{rel}: in {book_root} only" for rel in book if rel not in pages]
+    for rel, p in pages.items():
+        if rel in book:
+            p["book_bytes"], p["ratio"], p["book_measured"] = book[rel], round(book[rel] / p["ci_bytes"], 4), True
+    return warnings
+
+
 def dir_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
@@ -174,13 +198,25 @@ def sizes(args) -> int:
         sys.exit(f"--html {root}: no built book there (index.html and book/); run `make test-book` first")
     pages, warnings = measure(root, viz.MAX_FRAMES)
     site_ci = dir_bytes(root)
-    site_book = site_ci + sum(p["book_bytes"] - p["ci_bytes"] for p in pages.values())
+    if args.book_html:
+        book_root = Path(args.book_html).resolve()
+        if not (book_root / "index.html").is_file():
+            sys.exit(f"--book-html {book_root}: no built book there; run `make book` first")
+        warnings = measured_book(pages, book_root)
+        site_book = dir_bytes(book_root)
+    else:
+        site_book = site_ci + sum(p["book_bytes"] - p["ci_bytes"] for p in pages.values())
+    student = Path(args.student_html).resolve() if args.student_html else None
+    if student and not (student / "index.html").is_file():
+        sys.exit(f"--student-html {student}: no built edition there; run `make book-student` first")
+    deployed = site_book + dir_bytes(student) if student else site_book * EDITIONS
     site = {
         "ci_bytes": site_ci,
         "book_bytes": site_book,
+        "book": f"measured on {args.book_html}" if args.book_html else "estimated from the ci build",
         "ratio": round(site_book / site_ci, 4),
-        "editions": EDITIONS,
-        "deployed_book_bytes": site_book * EDITIONS,
+        "editions": round(deployed / site_book, 4),  # the deployed site in units of the book's folder
+        "deployed_book_bytes": deployed,
         "static_bytes": dir_bytes(root / "_static"),
     }
 
@@ -202,15 +238,17 @@ def sizes(args) -> int:
     )
     print(
         f"site (one edition, {root.name}/): ci {mb(site_ci).strip()} MB (of which _static/ "
-        f"{mb(site['static_bytes']).strip()} MB), book ~{mb(site_book).strip()} MB; deployed ({EDITIONS} editions) "
-        f"~{mb(site['deployed_book_bytes']).strip()} MB (budget {SITE_BUDGET_BYTES / 1e6:g} MB)"
+        f"{mb(site['static_bytes']).strip()} MB), book {mb(site_book).strip()} MB ({site['book']}); deployed "
+        f"(the book and the student edition{', as built' if student else ', estimated as twice the book'}) "
+        f"{mb(site['deployed_book_bytes']).strip()} MB (budget {SITE_BUDGET_BYTES / 1e6:g} MB)"
     )
     for w in warnings:
         print(f"warning: {w}")
 
     if args.json != "none":
         out = {
-            "about": "written by benchmarks/bench_page_size.py from the ci build; read by tests/browser/check_book.mjs",
+            "about": "written by benchmarks/bench_page_size.py from the ci build (and a book build where given); "
+            "read by tests/browser/check_book.mjs",
             "budget": {"page_bytes": PAGE_BUDGET_BYTES, "site_bytes": SITE_BUDGET_BYTES},
             "measured": {"command": _command(), "machine": machine(), "date": time.strftime("%Y-%m-%d")},
             "site": site,
@@ -314,6 +352,8 @@ def main() -> int:
         default="benchmarks/page_sizes.json",
         help="where to record the numbers, or none (default: %(default)s)",
     )
+    parser.add_argument("--book-html", help="a `make book` build: measure the book's pages there, not estimate them")
+    parser.add_argument("--student-html", help="its `make book-student` build: the deployed site as built")
     parser.add_argument("--formats", action="store_true", help="compare frame formats instead (no build needed)")
     args = parser.parse_args()
     print(f"$ {_command()}")
