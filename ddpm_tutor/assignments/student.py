@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import yaml
 
 from .chapters import _BLOCK, ROOT, chapter_entries
 
@@ -40,6 +41,11 @@ def _is_solution_cell(cell) -> bool:
     return cell.cell_type == "code" and SOLUTION_TAG in cell.metadata.get("tags", [])
 
 
+def without_solutions(source: str, replacement: str = "") -> str:
+    """A Markdown cell's text with each ``:::{solution}`` block replaced by ``replacement``."""
+    return _BLOCK.sub(lambda m: replacement if m["kind"] == "solution" else m[0], source)
+
+
 def _solution_blocks(source: str) -> list[str]:
     return [m["body"] for m in _BLOCK.finditer(source) if m["kind"] == "solution"]
 
@@ -53,7 +59,7 @@ def strip_solutions(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         if _is_solution_cell(cell):
             continue
         if cell.cell_type == "markdown":
-            cell.source = _BLOCK.sub(lambda m: REMOVED if m["kind"] == "solution" else m[0], cell.source)
+            cell.source = without_solutions(cell.source, REMOVED)
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
         cells.append(cell)
@@ -79,7 +85,7 @@ def _split(nb: nbformat.NotebookNode) -> tuple[set[str], set[str]]:
         if cell.cell_type == "markdown":
             for body in _solution_blocks(cell.source):
                 solution |= _lines(body)
-            visible |= _lines(_BLOCK.sub(lambda m: "" if m["kind"] == "solution" else m[0], cell.source))
+            visible |= _lines(without_solutions(cell.source))
         elif cell.cell_type == "code" and "remove-cell" not in cell.metadata.get("tags", []):
             visible |= _lines(cell.source)
     return solution, visible
@@ -211,8 +217,6 @@ def write_config(out: Path, cache: Path, branch: str, root: Path = ROOT) -> tupl
     instructor's guide left out, the execution cache of a build of the book reused (``cache``), the Colab links
     on ``branch`` (where the pages workflow pushes :func:`write_notebooks`' tree) and no repository button
     (the repository holds the solutions). Returns (config, toc)."""
-    import yaml
-
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)*", branch) or branch == "main":
         raise ValueError(f"branch must be a git branch name other than main (the solutions' branch), got {branch!r}")
     out = Path(out)
