@@ -445,13 +445,19 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
-def export(out: Path, dest: Path, legs: dict[str, str]) -> None:
+def export(out: Path, dest: Path, legs: dict[str, str], carry: list[str] = ()) -> None:
     """The numbers the book and the model card quote, by role: {role | "diffusers_ema" | "diffusers_raw" |
     "peer_ema" | "peer_raw" | "real": {sampler or "bpd": axes}}. ``legs`` maps each role of ours to its run
     folder, e.g. {"ours": "ours", "ours_eps": "ours_eps"} ("ours" is the shipped model); the diffusers
-    baseline is taken after its last step."""
+    baseline is taken after its last step. ``carry``: roles copied as they are from the file already at
+    ``dest`` (runs evaluated earlier into another --out, e.g. the baselines), each with the command that
+    measured it, in _meta["carried"]; a role both carried and found in ``out`` is an error."""
     from ddpm_tutor.checkpoint import write_atomic
 
+    before = json.loads(dest.read_text()) if carry else {}
+    missing = [r for r in carry if r not in before]
+    if missing:
+        raise SystemExit(f"--carry: {dest} has no role {', '.join(missing)} (it has {', '.join(sorted(before))})")
     results = read_results(out)
     last = max(BASELINE["eval_at"])
     roles = {role: (lambda k, leg=leg: k.startswith(f"{leg} (") and "y ~ U" in k) for role, leg in legs.items()}
@@ -473,6 +479,14 @@ def export(out: Path, dest: Path, legs: dict[str, str]) -> None:
             if match(name):
                 shipped.setdefault(role, {})[what] = value
                 shipped["_meta"]["models"][role] = name
+    clash = [r for r in carry if r in shipped]
+    if clash:
+        raise SystemExit(f"--carry: {', '.join(clash)} measured in {out} too; carry a role or measure it, not both")
+    old_meta = before.get("_meta", {})
+    for role in carry:
+        shipped[role] = before[role]
+        shipped["_meta"]["models"][role] = old_meta["models"][role]
+        shipped["_meta"].setdefault("carried", {})[role] = old_meta.get("carried", {}).get(role, old_meta["command"])
     write_atomic(dest, lambda f: f.write(json.dumps(shipped, indent=1).encode()))
 
 
@@ -506,11 +520,19 @@ def main(argv=None) -> int:
         default="ours=ours,ours_eps=ours_eps",
         help="with --export: role=run folder pairs for our models (role ours is the shipped model)",
     )
+    p.add_argument(
+        "--carry",
+        default="",
+        help="with --export: comma-separated roles kept as they are from the file already there (runs evaluated "
+        "into another --out, e.g. diffusers_ema,diffusers_raw,peer_ema,peer_raw)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads for the evaluation")
     p.add_argument("--_leg", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     out = Path(args.out)
+    carry = [r for r in args.carry.split(",") if r]
+    torch.set_num_threads(args.threads)  # before the header, which states the threads
     if args._leg == "diffusers":
         train_diffusers(out, args.seed)
         return 0
@@ -521,7 +543,7 @@ def main(argv=None) -> int:
         print(table(out))
         return 0
     if args.only == "export":  # the saved results, by role, to --export
-        export(out, Path(args.export), dict(pair.split("=") for pair in args.roles.split(",")))
+        export(out, Path(args.export), dict(pair.split("=") for pair in args.roles.split(",")), carry)
         return 0
     out.mkdir(parents=True, exist_ok=True)
     print(f"# {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
@@ -578,7 +600,6 @@ def main(argv=None) -> int:
     if legs:
         for leg, measured in timed_legs(legs, out).items():  # one file per leg: legs may end at the same time
             (out / f"time_{leg}.json").write_text(json.dumps(measured, indent=1))
-    torch.set_num_threads(args.threads)
     evaluate(
         out,
         args.n,
@@ -590,7 +611,7 @@ def main(argv=None) -> int:
         args.models,
     )
     if args.export:
-        export(out, Path(args.export), dict(pair.split("=") for pair in args.roles.split(",")))
+        export(out, Path(args.export), dict(pair.split("=") for pair in args.roles.split(",")), carry)
         print(f"wrote {args.export}")
     return 0
 

@@ -210,6 +210,8 @@ CONFIG_OPTIONS = (  # the ones that are TrainConfig fields; left out of a new ru
     "parameterization",
     "grad_clip",
     "hflip",
+    "p_small_t",
+    "small_t",
 )
 # what the other run options default to in a new run (argparse's default is None, to see what the user gave)
 TRAIN_DEFAULTS = dict(dataset="moons", hidden=96, conditional=False, schedule="linear", T=1000, seed=0)
@@ -764,6 +766,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="gamma of --weighting min_snr (default 5; inf: the eps error unweighted, L_simple)",
     )
     t.add_argument("--parameterization", choices=PARAMETERIZATIONS, help="what the network predicts")
+    t.add_argument(
+        "--p-small-t",
+        dest="p_small_t",
+        type=ZERO_TO_BELOW_ONE,
+        help="probability of drawing t from the nearly clean steps 0..small_t-1 instead of 0..T-1, loss not "
+        "reweighted (see losses.sample_t; default: the recipe's, 0 = uniform t)",
+    )
+    t.add_argument(
+        "--small-t", dest="small_t", type=POSITIVE_INT, help="the nearly clean steps of --p-small-t (default 50)"
+    )
     t.add_argument(
         "--hidden",
         type=POSITIVE_INT,

@@ -36,7 +36,7 @@ from .checkpoint import (  # noqa: F401 - they live in checkpoint.py
 from .checks import flag, positive_int
 from .device import default_device
 from .diffusion import PARAMETERIZATIONS, Denoiser
-from .losses import WEIGHTINGS, check_min_snr_gamma, diffusion_loss
+from .losses import WEIGHTINGS, check_min_snr_gamma, check_small_t, diffusion_loss, sample_t
 from .schedules import Schedule
 
 Tensor = torch.Tensor
@@ -84,6 +84,10 @@ class TrainConfig:
     # where it makes a small U-Net's step about 1.6x faster
     amp: str = "off"
     hflip: bool = False  # flip each image left-right with probability 1/2, drawn from the seeded generator
+    # t from a mixture (losses.sample_t): with this probability uniform on the nearly clean steps 0..small_t-1,
+    # else uniform on 0..T-1; the loss is not reweighted, so those steps weigh more (0: Algorithm 1's uniform t)
+    p_small_t: float = 0.0
+    small_t: int = 50  # the nearly clean steps of that mixture: t < small_t
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -107,6 +111,7 @@ class TrainConfig:
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         flag(self.hflip, "hflip")
+        check_small_t(self.p_small_t, self.small_t)
 
     @classmethod
     def toy2d(cls, **overrides) -> TrainConfig:
@@ -219,6 +224,7 @@ class Trainer:
             raise ValueError(f"labels must have shape ({data.shape[0]},), got {tuple(labels.shape)}")
         if self.config.p_uncond > 0 and labels is None:
             raise ValueError("p_uncond > 0 (label dropout) needs labels")
+        check_small_t(self.config.p_small_t, self.config.small_t, sched.T)
         if self.config.hflip and data.ndim != 4:
             raise ValueError(f"hflip flips images (N, C, H, W) left-right, got data of shape {tuple(data.shape)}")
         flag(compile, "compile")
@@ -317,7 +323,7 @@ class Trainer:
         c, g, mine = self.config, self.generator, self.share
         self.model.train()
         x0, y = self._batch()
-        t = torch.randint(0, self.sched.T, (c.batch_size,), generator=g)
+        t = sample_t(c.batch_size, self.sched.T, g, p_small=c.p_small_t, small_t=c.small_t)
         eps = torch.randn((c.batch_size, *x0.shape[1:]), generator=g, dtype=x0.dtype)
         t, eps = self._to_device(t[mine]), self._to_device(eps[mine])
         if self.channels_last:

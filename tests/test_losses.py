@@ -97,3 +97,64 @@ def test_bits_per_dim_sum_and_monte_carlo(gen):
 def test_nan_data_refused():
     with pytest.raises(ValueError, match="finite"):
         L.check_image_range(torch.tensor([0.0, float("nan")]))
+
+
+def test_sample_t_uniform_is_algorithm_1_draw_for_draw():
+    """p_small = 0 draws exactly torch.randint(0, T) from the same generator (old runs reproduce bit for bit)."""
+    a = L.sample_t(4096, 1000, torch.Generator().manual_seed(5))
+    b = torch.randint(0, 1000, (4096,), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_sample_t_mixture_has_the_stated_law():
+    """With p_small = 0.3, small_t = 50, T = 1000: P(t = k) = 0.3/50 + 0.7/1000 for k < 50, 0.7/1000 above.
+    A chi-square test over 20 bins (the 50 small steps in 10 bins, the rest in 10) at n = 400,000."""
+    T, p, k, n = 1000, 0.3, 50, 400_000
+    t = L.sample_t(n, T, torch.Generator().manual_seed(0), p_small=p, small_t=k)
+    assert t.min() >= 0 and t.max() <= T - 1
+    law = torch.full((T,), (1 - p) / T, dtype=torch.float64)
+    law[:k] += p / k
+    edges = [*range(0, k, 5), *range(k, T + 1, 95)]  # 10 bins of 5 small steps, 10 of 95 steps
+    observed = torch.tensor([((t >= a) & (t < b)).sum().item() for a, b in zip(edges, edges[1:])], dtype=torch.float64)
+    expected = torch.tensor([law[a:b].sum().item() * n for a, b in zip(edges, edges[1:])])
+    chi2 = ((observed - expected) ** 2 / expected).sum().item()
+    assert chi2 < 45, chi2  # 19 degrees of freedom: P(chi2 > 45) is about 7e-4
+    # the share of nearly clean steps, the mixture's point: 0.3 + 0.7 * 0.05 = 0.335, not the uniform 0.05
+    assert abs((t < k).double().mean().item() - 0.335) < 0.005
+    # and the test can fail: the uniform draw is far from this law
+    u = L.sample_t(n, T, torch.Generator().manual_seed(0))
+    assert (
+        (torch.tensor([((u >= a) & (u < b)).sum().item() for a, b in zip(edges, edges[1:])]) - expected) ** 2 / expected
+    ).sum() > 1000
+
+
+def test_sample_t_mixture_is_the_uniform_loss_reweighted_by_t_p_of_t():
+    """In expectation the unweighted loss under the mixture is the uniform-t loss weighted by T p(t), which is
+    1 - p + p T / k below k and 1 - p above (6.7 and 0.7 here, as the docstring states): checked on a per-step
+    loss f(t) = (t / T)^2 against the closed form of the mixture and against the Monte Carlo mean."""
+    T, p, k = 1000, 0.3, 50
+    f = (torch.arange(T, dtype=torch.float64) / T) ** 2
+    weights = torch.full((T,), 1 - p, dtype=torch.float64)
+    weights[:k] += p * T / k
+    assert weights[0].item() == pytest.approx(6.7) and weights[-1].item() == pytest.approx(0.7)
+    mixture = (1 - p) * f.mean() + p * f[:k].mean()
+    assert (weights * f).mean().item() == pytest.approx(mixture.item(), rel=1e-12)
+    t = L.sample_t(400_000, T, torch.Generator().manual_seed(1), p_small=p, small_t=k)
+    assert abs(f[t].mean().item() - mixture.item()) < 2e-3  # the standard error is about 5e-4
+    assert abs(f.mean().item() - mixture.item()) > 0.05  # the uniform loss is another objective
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(p_small=1.0), r"p_small_t must lie in \[0, 1\)"),
+        (dict(p_small=-0.1), r"p_small_t must lie in \[0, 1\)"),
+        (dict(p_small=True), r"p_small_t must lie in \[0, 1\)"),
+        (dict(p_small=0.3, small_t=0), "small_t must be an integer >= 1"),
+        (dict(p_small=0.3, small_t=2.5), "small_t must be an integer >= 1"),
+        (dict(p_small=0.3, small_t=11), "small_t must be at most T = 10"),
+    ],
+)
+def test_sample_t_refuses_a_mixture_that_is_not_one(kw, match):
+    with pytest.raises(ValueError, match=match):
+        L.sample_t(4, 10, **kw)

@@ -195,8 +195,9 @@ def test_resume_continues_a_stopped_run_with_its_own_settings(tmp_path, monkeypa
         (["--n-data", "65"], "--n-data 64 (saved) vs 65 (asked)"),
         (["--weighting", "min_snr"], "--weighting simple (saved) vs min_snr (asked)"),
         (["--steps", "12"], "--steps 6 (saved) vs 12 (asked)"),
+        (["--p-small-t", "0.3"], "--p-small-t 0.0 (saved) vs 0.3 (asked)"),
     ],
-    ids=["lr", "batch-size", "dataset", "dataset+seed", "n-data", "weighting", "steps"],
+    ids=["lr", "batch-size", "dataset", "dataset+seed", "n-data", "weighting", "steps", "p-small-t"],
 )
 def test_resume_with_other_settings_is_refused_and_the_checkpoint_kept(tmp_path, monkeypatch, flags, listed):
     ckpt = _stopped_run(tmp_path / "run", monkeypatch)

@@ -35,7 +35,7 @@ RESUME_SCRIPT = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {tests!r})
     from test_train import make_trainer
-    tr = make_trainer()
+    tr = make_trainer(**{over!r})
     torch.manual_seed(12345)  # a different global state: the checkpoint must restore everything that matters
     tr.load({ckpt!r})
     tr.run(progress=False)
@@ -43,13 +43,17 @@ RESUME_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_resume_is_bit_for_bit_in_a_fresh_process(tmp_path):
-    straight = make_trainer()
+@pytest.mark.parametrize("over", [{}, {"p_small_t": 0.3, "small_t": 10}], ids=["uniform-t", "mixed-t"])
+def test_resume_is_bit_for_bit_in_a_fresh_process(tmp_path, over):
+    straight = make_trainer(**over)
     straight.run(progress=False)
-    half = make_trainer()
+    half = make_trainer(**over)
     half.run(CFG["steps"] // 2, progress=False, checkpoint=tmp_path / "half.pt")
     script = RESUME_SCRIPT.format(
-        tests=str(pathlib.Path(__file__).parent), ckpt=str(tmp_path / "half.pt"), out=str(tmp_path / "resumed.pt")
+        tests=str(pathlib.Path(__file__).parent),
+        ckpt=str(tmp_path / "half.pt"),
+        out=str(tmp_path / "resumed.pt"),
+        over=over,
     )
     subprocess.run([sys.executable, "-c", script], check=True)
     resumed = load_checkpoint(tmp_path / "resumed.pt")
@@ -59,8 +63,9 @@ def test_resume_is_bit_for_bit_in_a_fresh_process(tmp_path):
     for name, ref in straight.ema.state_dict().items():
         assert torch.equal(resumed["ema"][name], ref), name
     assert resumed["losses"] == straight.losses
+    assert resumed["train_config"]["p_small_t"] == over.get("p_small_t", 0.0)
     # and the test can fail: a run resumed without the generator state diverges
-    other = make_trainer()
+    other = make_trainer(**over)
     other.load(tmp_path / "half.pt")
     other.generator.manual_seed(999)
     other.run(progress=False)
@@ -180,3 +185,34 @@ def test_checkpoints_get_the_permissions_of_a_plain_file(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_trainer_draws_t_from_the_configured_mixture(monkeypatch):
+    """p_small_t = 0.5, small_t = 10 of T = 100: the steps the loss sees are below 10 with probability
+    0.5 + 0.5 * 0.1 = 0.55 (uniform t: 0.1); 40 steps of 512 (standard error 0.0035)."""
+    import ddpm_tutor.train as train_module
+
+    seen = []
+    real = train_module.diffusion_loss
+
+    def spy(*args, t, **kw):
+        seen.append(t.clone())
+        return real(*args, t=t, **kw)
+
+    monkeypatch.setattr(train_module, "diffusion_loss", spy)
+    for over, share in (({"p_small_t": 0.5, "small_t": 10}, 0.55), ({}, 0.1)):
+        seen.clear()
+        make_trainer(**over, batch_size=512).run(progress=False)
+        t = torch.cat(seen)
+        assert t.numel() == CFG["steps"] * 512 and t.max() < 100
+        assert abs((t < 10).double().mean().item() - share) < 0.015, over
+
+
+def test_mixture_of_steps_is_checked_against_the_config_and_the_schedule():
+    with pytest.raises(ValueError, match=r"p_small_t must lie in \[0, 1\)"):
+        TrainConfig(p_small_t=1.0)
+    with pytest.raises(ValueError, match="small_t must be an integer >= 1"):
+        TrainConfig(p_small_t=0.3, small_t=0)
+    with pytest.raises(ValueError, match="small_t must be at most T = 100"):
+        make_trainer(p_small_t=0.3, small_t=101)  # the schedule has 100 steps
+    assert make_trainer(p_small_t=0.3, small_t=100).config.small_t == 100
