@@ -329,8 +329,9 @@ def evaluate(
     tag = "".join(c if c.isalnum() else "_" for c in only) if only else ""
     results_path = out / (f"results_{tag}.json" if tag else "results.json")
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
     results["_meta"] = {
-        "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
+        "command": command,  # this file's last evaluation; each entry names its own
         "machine": machine(),
         "reference": f"the {len(x_test)} offline test digits",
     }
@@ -376,7 +377,7 @@ def evaluate(
                     **kw,
                 )
             q = image_quality(x, x_test, labels=None if labels is None else labels[:size])
-            q.update(sampler=sampler_name, cpu_s=cpu_s, sample_s=time.perf_counter() - t0)
+            q.update(sampler=sampler_name, cpu_s=cpu_s, sample_s=time.perf_counter() - t0, command=command)
             results[f"{name}|{sampler_name}"] = q
             slug = "".join(c if c.isalnum() else "_" for c in f"{name}_{sampler_name}")
             save_image((x[:64].clamp(-1, 1) + 1) / 2, out / "grids" / f"{slug}.png", nrow=8, padding=1)
@@ -401,16 +402,21 @@ def evaluate(
                 generator=torch.Generator().manual_seed(seed),
             )
             value, se = float(r["total"].mean()), r["se"]  # over the drawn steps and the digits
-            results[f"{name}|bpd"] = {"bpd": value, "se": se, "n": bpd_n, "terms": bpd_terms}
+            results[f"{name}|bpd"] = {"bpd": value, "se": se, "n": bpd_n, "terms": bpd_terms, "command": command}
             print(f"{name}: {value:.3f} +- {se:.3f} bits/dim", flush=True)
             results_path.write_text(json.dumps(results, indent=1))  # after each model: a long run may be stopped
 
 
-def read_results(out: Path) -> dict:
-    """Every results*.json in ``out``, merged (the file of the latest evaluation wins a key)."""
+def read_results(out: Path, sources: dict | None = None) -> dict:
+    """Every results*.json in ``out``, merged (the file of the latest evaluation wins a key). ``sources``, if
+    given, receives key -> the command of the evaluation that measured it."""
     merged = {}
     for path in sorted(out.glob("results*.json"), key=lambda p: p.stat().st_mtime):
-        merged.update(json.loads(path.read_text()))
+        found = json.loads(path.read_text())
+        merged.update(found)
+        if sources is not None:
+            last = f"not recorded; the last evaluation into {path.name} was: {found['_meta']['command']}"
+            sources.update({k: v.get("command", last) for k, v in found.items() if k != "_meta"})
     return merged
 
 
@@ -450,15 +456,18 @@ def export(out: Path, dest: Path, legs: dict[str, str], carry: list[str] = ()) -
     "peer_ema" | "peer_raw" | "real": {sampler or "bpd": axes}}. ``legs`` maps each role of ours to its run
     folder, e.g. {"ours": "ours", "ours_eps": "ours_eps"} ("ours" is the shipped model); the diffusers
     baseline is taken after its last step. ``carry``: roles copied as they are from the file already at
-    ``dest`` (runs evaluated earlier into another --out, e.g. the baselines), each with the command that
-    measured it, in _meta["carried"]; a role both carried and found in ``out`` is an error."""
+    ``dest`` (runs evaluated earlier into another --out, e.g. the baselines; "new=old" renames one, e.g. the
+    model a new one replaces), listed in _meta["carried"]; _meta["measured_by"] names the evaluation command
+    of every number (per role and sampler). A role both carried and found in ``out`` is an error."""
     from ddpm_tutor.checkpoint import write_atomic
 
     before = json.loads(dest.read_text()) if carry else {}
-    missing = [r for r in carry if r not in before]
+    carry = dict((c.split("=") * 2)[:2] for c in carry)  # "new=old" renames a carried role; "role" keeps its name
+    missing = [r for r in carry.values() if r not in before]
     if missing:
         raise SystemExit(f"--carry: {dest} has no role {', '.join(missing)} (it has {', '.join(sorted(before))})")
-    results = read_results(out)
+    sources: dict = {}
+    results = read_results(out, sources)
     last = max(BASELINE["eval_at"])
     roles = {role: (lambda k, leg=leg: k.startswith(f"{leg} (") and "y ~ U" in k) for role, leg in legs.items()}
     roles.update(
@@ -469,7 +478,8 @@ def export(out: Path, dest: Path, legs: dict[str, str], carry: list[str] = ()) -
             "peer_raw": lambda k: k.startswith("denoising-diffusion-pytorch") and "raw weights" in k,
         }
     )
-    shipped = {"_meta": {**results["_meta"], "models": {}}}
+    meta = {k: v for k, v in results["_meta"].items() if k != "command"}  # one command each, in "measured_by"
+    shipped = {"_meta": {**meta, "models": {}, "measured_by": {}}}
     for key, value in results.items():
         name, _, what = key.partition("|")
         if name == "real training digits":
@@ -479,14 +489,19 @@ def export(out: Path, dest: Path, legs: dict[str, str], carry: list[str] = ()) -
             if match(name):
                 shipped.setdefault(role, {})[what] = value
                 shipped["_meta"]["models"][role] = name
+                shipped["_meta"]["measured_by"].setdefault(role, {})[what] = sources[key]
     clash = [r for r in carry if r in shipped]
     if clash:
         raise SystemExit(f"--carry: {', '.join(clash)} measured in {out} too; carry a role or measure it, not both")
     old_meta = before.get("_meta", {})
-    for role in carry:
-        shipped[role] = before[role]
-        shipped["_meta"]["models"][role] = old_meta["models"][role]
-        shipped["_meta"].setdefault("carried", {})[role] = old_meta.get("carried", {}).get(role, old_meta["command"])
+    for role, was in carry.items():
+        shipped[role] = before[was]
+        shipped["_meta"]["models"][role] = old_meta["models"][was]
+        # files exported before "measured_by" existed name one command for all: the last evaluation's
+        shipped["_meta"]["measured_by"][role] = old_meta.get("measured_by", {}).get(was) or (
+            f"evaluated into another --out; that file's last evaluation was: {old_meta['command']}"
+        )
+        shipped["_meta"].setdefault("carried", []).append(role)
     write_atomic(dest, lambda f: f.write(json.dumps(shipped, indent=1).encode()))
 
 
@@ -524,7 +539,7 @@ def main(argv=None) -> int:
         "--carry",
         default="",
         help="with --export: comma-separated roles kept as they are from the file already there (runs evaluated "
-        "into another --out, e.g. diffusers_ema,diffusers_raw,peer_ema,peer_raw)",
+        "into another --out, e.g. diffusers_ema,diffusers_raw,peer_ema,peer_raw); new=old renames one",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads for the evaluation")

@@ -210,6 +210,30 @@ def test_the_cards_hand_copied_numbers_are_the_quality_files():
         want = [f"{d['frechet_clf']:.2f}", f"{d['frechet_rand']:.2f}", f"{d['border']:.4f}", f"{d['grey']:.4f}"]
         want += [f"{d['confidence']:.3f}", f"{d['accuracy']:.3f}", f"{bpd['bpd']:.2f} ± {bpd['se']:.2f}"]
         assert cells == want, (role, cells, want)
+    # the table of the mixture of steps: DDIM-50 and DDPM-1000, each row a role of the quality file
+    mix = card.split("## Why more draws of the nearly clean steps")[1].split("\n## ")[0]
+    rows = {
+        "0 (": "ours_uniform_t",
+        "0.2 |": "ours_mix02",
+        "0.3 |": "ours_mix03",
+        "0.5 |": "ours_mix05",
+        "**this model": "ours",
+        "diffusers": "diffusers_ema",
+    }
+    seen = 0
+    for line in mix.splitlines():
+        cells = [c.strip().strip("*").strip() for c in line.strip().strip("|").split("|")]
+        role = next((r for start, r in rows.items() if line.startswith(f"| {start}")), None)
+        if role is None:
+            continue
+        sampler = cells[1]
+        d = q[role][sampler]
+        want = [sampler, str(d["n"]), f"{d['frechet_clf']:.2f}", f"{d['frechet_rand']:.2f}", f"{d['border']:.4f}"]
+        want += [f"{d['grey']:.4f}", f"{d['confidence']:.3f}", f"{d['accuracy']:.3f}" if "accuracy" in d else "-"]
+        want += [f"{q[role]['bpd']['bpd']:.3f} ± {q[role]['bpd']['se']:.3f}" if "bpd" in q[role] else "-"]
+        assert cells[1:] == want, (role, cells, want)
+        seen += 1
+    assert seen == 2 * len(rows), seen  # every role with both samplers
     ours = q["ours"]["DDIM-50"]
     per_class = re.search(r"per class at DDIM-50: ([0-9., ]+) for 0 to 9", card.replace("\n", " "))[1]
     assert per_class.strip(" ,") == ", ".join(f"{a:.2f}" for a in ours["accuracy_per_class"])
