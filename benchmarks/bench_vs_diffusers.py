@@ -402,7 +402,14 @@ def evaluate(
                 generator=torch.Generator().manual_seed(seed),
             )
             value, se = float(r["total"].mean()), r["se"]  # over the drawn steps and the digits
-            results[f"{name}|bpd"] = {"bpd": value, "se": se, "n": bpd_n, "terms": bpd_terms, "command": command}
+            results[f"{name}|bpd"] = {
+                "bpd": value,
+                "se": se,
+                "n": bpd_n,
+                "terms": bpd_terms,
+                "command": command,
+                "per_digit": r["total"].tolist(),  # the same digits and seed for every model: paired differences
+            }
             print(f"{name}: {value:.3f} +- {se:.3f} bits/dim", flush=True)
             results_path.write_text(json.dumps(results, indent=1))  # after each model: a long run may be stopped
 
@@ -448,7 +455,25 @@ def table(out: Path) -> str:
         for key in sorted(models):
             name = key.split("|")[0]
             lines.append(row(name, results[key], sampler, results[key].get("cpu_s"), results.get(f"{name}|bpd")))
+    lines += paired_bpd(results)
     return "\n".join(lines)
+
+
+def paired_bpd(results: dict) -> list[str]:
+    """Bits/dim of every model against every other measured on the same test digits (per-digit values saved):
+    the mean of the per-digit differences and its standard error, which the shared digits make far smaller
+    than the two standard errors of the means."""
+    have = {k.split("|")[0]: v for k, v in results.items() if k.endswith("|bpd") and "per_digit" in v}
+    lines = []
+    for a in sorted(have):
+        for b in sorted(have):
+            da, db = have[a], have[b]
+            if a >= b or da["n"] != db["n"] or da["terms"] != db["terms"]:
+                continue
+            diff = torch.tensor(da["per_digit"], dtype=torch.float64) - torch.tensor(db["per_digit"]).double()
+            se = float(diff.std() / len(diff) ** 0.5)
+            lines.append(f"paired bits/dim, {a} minus {b}: {float(diff.mean()):+.3f} ± {se:.3f} ({len(diff)} digits)")
+    return ["", *lines] if lines else []
 
 
 def export(out: Path, dest: Path, legs: dict[str, str], carry: list[str] = ()) -> None:
