@@ -101,6 +101,7 @@ NON_NEGATIVE_FINITE = _float_where("a finite number >= 0", lambda v: 0 <= v < ma
 POSITIVE_OR_INF = _float_where("a number > 0 (inf allowed)", lambda v: v > 0)
 ZERO_TO_ONE = _float_where("a number in [0, 1]", lambda v: 0 <= v <= 1)
 ZERO_TO_BELOW_ONE = _float_where("a number in [0, 1)", lambda v: 0 <= v < 1)
+ABOVE_ZERO_TO_ONE = _float_where("a number in (0, 1]", lambda v: 0 < v <= 1)
 
 
 def _check_device(name: str | None) -> None:
@@ -211,7 +212,7 @@ CONFIG_OPTIONS = (  # the ones that are TrainConfig fields; left out of a new ru
     "grad_clip",
     "hflip",
     "p_small_t",
-    "small_t",
+    "small_t_frac",
 )
 # what the other run options default to in a new run (argparse's default is None, to see what the user gave)
 TRAIN_DEFAULTS = dict(dataset="moons", hidden=96, conditional=False, schedule="linear", T=1000, seed=0)
@@ -770,11 +771,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--p-small-t",
         dest="p_small_t",
         type=ZERO_TO_BELOW_ONE,
-        help="probability of drawing t from the nearly clean steps 0..small_t-1 instead of 0..T-1, loss not "
+        help="probability of drawing t from the nearly clean steps (--small-t-frac) instead of all T, loss not "
         "reweighted (see losses.sample_t; default: the recipe's, 0 = uniform t)",
     )
     t.add_argument(
-        "--small-t", dest="small_t", type=POSITIVE_INT, help="the nearly clean steps of --p-small-t (default 50)"
+        "--small-t-frac",
+        dest="small_t_frac",
+        type=ABOVE_ZERO_TO_ONE,
+        help="the nearly clean steps of --p-small-t: this share of the chain's first steps (default 0.05: 50 of 1000)",
     )
     t.add_argument(
         "--hidden",

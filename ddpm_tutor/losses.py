@@ -27,6 +27,14 @@ def mean_flat(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1 if x.numel() else 0).mean(dim=1)
 
 
+def small_t_of(small_t_frac: float, T: int) -> int:
+    """The nearly clean steps of a mixture (see `sample_t`) as a count: the first small_t_frac of the chain's T
+    steps, at least one (the first 5% is 50 steps of 1000, 1 of 20)."""
+    if isinstance(small_t_frac, bool) or not isinstance(small_t_frac, numbers.Real) or not 0 < small_t_frac <= 1:
+        raise ValueError(f"small_t_frac must lie in (0, 1] (a share of the chain's steps), got {small_t_frac!r}")
+    return max(1, round(small_t_frac * T))
+
+
 def check_small_t(p_small: float, small_t: int, T: int | None = None) -> None:
     """Refuse a mixture of steps (see `sample_t`) that is not one: p_small outside [0, 1), small_t not in 1..T."""
     if isinstance(p_small, bool) or not isinstance(p_small, numbers.Real) or not 0 <= p_small < 1:

@@ -71,6 +71,8 @@ BAD_VALUES = [  # (flags, the message's start); CKPT stands for a 2-D checkpoint
     (["train", *TINY, "--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
     (["train", *TINY, "--ema-decay", "1.5"], "argument --ema-decay: must be a number in [0, 1)"),
     (["train", *TINY, "--T", "0"], "argument --T: must be an integer >= 1"),
+    (["train", *TINY, "--p-small-t", "1"], "argument --p-small-t: must be a number in [0, 1)"),
+    (["train", *TINY, "--small-t-frac", "0"], "argument --small-t-frac: must be a number in (0, 1]"),
     (["train", *TINY, "--n-data", "0"], "argument --n-data: must be an integer >= 1"),
     (["train", *TINY, "--min-snr-gamma", "0"], "argument --min-snr-gamma: must be a number > 0 (inf allowed)"),
     (["train", *TINY, "--device", "cuda:99"], "argument --device: this machine has no device 'cuda:99'"),

@@ -43,7 +43,7 @@ RESUME_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("over", [{}, {"p_small_t": 0.3, "small_t": 10}], ids=["uniform-t", "mixed-t"])
+@pytest.mark.parametrize("over", [{}, {"p_small_t": 0.3, "small_t_frac": 0.1}], ids=["uniform-t", "mixed-t"])
 def test_resume_is_bit_for_bit_in_a_fresh_process(tmp_path, over):
     straight = make_trainer(**over)
     straight.run(progress=False)
@@ -188,7 +188,7 @@ def test_checkpoints_get_the_permissions_of_a_plain_file(tmp_path):
 
 
 def test_trainer_draws_t_from_the_configured_mixture(monkeypatch):
-    """p_small_t = 0.5, small_t = 10 of T = 100: the steps the loss sees are below 10 with probability
+    """p_small_t = 0.5, small_t_frac = 0.1 of T = 100: the steps the loss sees are below 10 with probability
     0.5 + 0.5 * 0.1 = 0.55 (uniform t: 0.1); 40 steps of 512 (standard error 0.0035)."""
     import ddpm_tutor.train as train_module
 
@@ -200,7 +200,7 @@ def test_trainer_draws_t_from_the_configured_mixture(monkeypatch):
         return real(*args, t=t, **kw)
 
     monkeypatch.setattr(train_module, "diffusion_loss", spy)
-    for over, share in (({"p_small_t": 0.5, "small_t": 10}, 0.55), ({}, 0.1)):
+    for over, share in (({"p_small_t": 0.5, "small_t_frac": 0.1}, 0.55), ({}, 0.1)):
         seen.clear()
         make_trainer(**over, batch_size=512).run(progress=False)
         t = torch.cat(seen)
@@ -208,11 +208,16 @@ def test_trainer_draws_t_from_the_configured_mixture(monkeypatch):
         assert abs((t < 10).double().mean().item() - share) < 0.015, over
 
 
-def test_mixture_of_steps_is_checked_against_the_config_and_the_schedule():
+def test_mixture_of_steps_is_checked_and_scales_with_the_chain():
+    """small_t_frac is a share of the chain: 5% is 50 of 1000 steps and 1 of 10 (at least one step), so a recipe's
+    mixture works with any T; values outside (0, 1] and p outside [0, 1) are refused."""
+    from ddpm_tutor.losses import small_t_of
+
     with pytest.raises(ValueError, match=r"p_small_t must lie in \[0, 1\)"):
         TrainConfig(p_small_t=1.0)
-    with pytest.raises(ValueError, match="small_t must be an integer >= 1"):
-        TrainConfig(p_small_t=0.3, small_t=0)
-    with pytest.raises(ValueError, match="small_t must be at most T = 100"):
-        make_trainer(p_small_t=0.3, small_t=101)  # the schedule has 100 steps
-    assert make_trainer(p_small_t=0.3, small_t=100).config.small_t == 100
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=r"small_t_frac must lie in \(0, 1\]"):
+            TrainConfig(p_small_t=0.3, small_t_frac=bad)
+    assert [small_t_of(0.05, T) for T in (1000, 100, 20, 10, 1)] == [50, 5, 1, 1, 1]
+    assert make_trainer(p_small_t=0.3, small_t_frac=0.05)._small_t == 5  # the schedule has 100 steps
+    assert make_trainer(p_small_t=0.3, small_t_frac=1.0)._small_t == 100
