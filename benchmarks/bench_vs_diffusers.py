@@ -306,11 +306,21 @@ AXES = ("frechet_clf", "frechet_rand", "border", "grey", "confidence", "balance"
 
 @torch.no_grad()
 def evaluate(
-    out: Path, n: int, n_ddpm: int, samplers: list[str], seed: int, bpd_n: int, bpd_terms: int, only: str | None
+    out: Path,
+    n: int,
+    n_ddpm: int,
+    samplers: list[str],
+    seed: int,
+    bpd_n: int,
+    bpd_terms: int,
+    only: str | None,
+    n_in_key: bool = False,
 ) -> None:
     """Every model x sampler on every axis of ddpm_tutor.quality, the real-digit row at the same n, bits/dim
     of the test digits; grids in out/grids, all numbers in out/results.json. Samples are the sampler's output
-    as it is (the classifier clamps to [-1, 1] before judging, nothing else touches them)."""
+    as it is (the classifier clamps to [-1, 1] before judging, nothing else touches them). ``n_in_key``: key
+    each sample row "model|sampler@n" (e.g. DDPM-1000@256), so that a row at a second n sits beside the first
+    instead of replacing it."""
     from torchvision.utils import save_image
 
     from ddpm_tutor.data.images import load_mnist
@@ -378,8 +388,9 @@ def evaluate(
                 )
             q = image_quality(x, x_test, labels=None if labels is None else labels[:size])
             q.update(sampler=sampler_name, cpu_s=cpu_s, sample_s=time.perf_counter() - t0, command=command)
-            results[f"{name}|{sampler_name}"] = q
-            slug = "".join(c if c.isalnum() else "_" for c in f"{name}_{sampler_name}")
+            what = f"{sampler_name}@{size}" if n_in_key else sampler_name
+            results[f"{name}|{what}"] = q
+            slug = "".join(c if c.isalnum() else "_" for c in f"{name}_{what}")
             save_image((x[:64].clamp(-1, 1) + 1) / 2, out / "grids" / f"{slug}.png", nrow=8, padding=1)
             cpu = f"{cpu_s / 60:.1f}" if cpu_s else "?"
             acc = f"{q['accuracy']:.3f}" if "accuracy" in q else "-"
@@ -445,10 +456,13 @@ def table(out: Path) -> str:
             f"{q['border']:.4f} | {q['grey']:.4f} | {q['confidence']:.3f} | {q['balance']:.3f} | {acc} | {bpd} |"
         )
 
-    for sampler in SAMPLERS:
-        models = [k for k in results if k.endswith(f"|{sampler}")]
-        if not models:
-            continue
+    def sampler_of(what: str) -> str:  # "DDPM-1000@256" (a row keyed with its n) -> "DDPM-1000"
+        return what.split("@")[0]
+
+    kept = {k.partition("|")[2] for k in results if sampler_of(k.partition("|")[2]) in SAMPLERS}
+    for what in sorted(kept, key=lambda w: (list(SAMPLERS).index(sampler_of(w)), w)):
+        sampler = sampler_of(what)
+        models = [k for k in results if k.endswith(f"|{what}")]
         n = results[models[0]]["n"]
         if f"real training digits|n={n}" in results:
             lines.append(row("real training digits", results[f"real training digits|n={n}"], sampler, None, None))
@@ -552,6 +566,11 @@ def main(argv=None) -> int:
     p.add_argument(
         "--models", default=None, help="evaluate only models whose name contains one of these comma-separated strings"
     )
+    p.add_argument(
+        "--n-in-key",
+        action="store_true",
+        help="key each sample row by sampler and n (DDPM-1000@256), beside the rows at another n",
+    )
     p.add_argument("--bpd-n", dest="bpd_n", type=int, default=100, help="test digits for bits/dim (0: skip)")
     p.add_argument("--bpd-terms", dest="bpd_terms", type=int, default=50, help="terms of the bound drawn")
     p.add_argument("--export", default=None, help="also copy results.json here (the shipped model's numbers)")
@@ -649,6 +668,7 @@ def main(argv=None) -> int:
         args.bpd_n,
         args.bpd_terms,
         args.models,
+        args.n_in_key,
     )
     if args.export:
         export(out, Path(args.export), dict(pair.split("=") for pair in args.roles.split(",")), carry)

@@ -227,13 +227,35 @@ def test_the_cards_hand_copied_numbers_are_the_quality_files():
         if role is None:
             continue
         sampler = cells[1]
-        d = q[role][sampler]
+        # a row at a second n is keyed with it (bench_vs_diffusers --n-in-key): DDPM-1000@256 beside DDPM-1000
+        d = q[role].get(f"{sampler}@{cells[2]}", q[role][sampler])
         want = [sampler, str(d["n"]), f"{d['frechet_clf']:.2f}", f"{d['frechet_rand']:.2f}", f"{d['border']:.4f}"]
         want += [f"{d['grey']:.4f}", f"{d['confidence']:.3f}", f"{d['accuracy']:.3f}" if "accuracy" in d else "-"]
         want += [f"{q[role]['bpd']['bpd']:.3f} ± {q[role]['bpd']['se']:.3f}" if "bpd" in q[role] else "-"]
         assert cells[1:] == want, (role, cells, want)
         seen += 1
-    assert seen == 2 * len(rows), seen  # every role with both samplers
+    assert seen == 2 * len(rows) + 2, seen  # every role with both samplers; this model and the baseline at n = 256 too
+    # the verdict's DDPM-1000 sentence at n = 256: this model against the baseline (real digits in brackets)
+    flat = " ".join(card.split())
+    num = r"(\d+\.\d+)"
+    pair, real = f"{num} against {num}", rf"\({num}\)"  # this model against the baseline, (real digits)
+    three = f"{pair} {real}"
+    said = re.search(
+        rf"classifier Frechet {three}, \*\*random-net Frechet {pair}\*\* {real}, bright frame pixels {three}, "
+        rf"grey pixels {three}, confidence {three}, balance {three}; label accuracy {num}",
+        flat,
+    )
+    a, b, r = q["ours"]["DDPM-1000@256"], q["diffusers_ema"]["DDPM-1000@256"], q["real"]["n=256"]
+    assert a["n"] == b["n"] == r["n"] == 256
+    want = []
+    for k, f in (("frechet_clf", ".2f"), ("frechet_rand", ".2f"), ("border", ".4f"), ("grey", ".4f")):
+        want += [format(d[k], f) for d in (a, b, r)]
+    for k in ("confidence", "balance"):
+        want += [format(d[k], ".3f") for d in (a, b, r)]
+    assert list(said.groups()) == want + [f"{a['accuracy']:.3f}"], (said.groups(), want)
+    paired = q["diffusers_ema"]["bpd_paired"]
+    assert paired["minus"] == "ours" and paired["n"] == q["ours"]["bpd"]["n"] == q["diffusers_ema"]["bpd"]["n"]
+    assert f"baseline minus this model, is {paired['mean']:.3f} ± {paired['se']:.3f}" in flat
     ours = q["ours"]["DDIM-50"]
     per_class = re.search(r"per class at DDIM-50: ([0-9., ]+) for 0 to 9", card.replace("\n", " "))[1]
     assert per_class.strip(" ,") == ", ".join(f"{a:.2f}" for a in ours["accuracy_per_class"])
