@@ -245,6 +245,7 @@ def test_the_cards_hand_copied_numbers_are_the_quality_files():
         rf"grey pixels {three}, confidence {three}, balance {three}; label accuracy {num}",
         flat,
     )
+    assert said, "the verdict's n = 256 sentence (classifier Frechet ... label accuracy) is not where the test reads it"
     a, b, r = q["ours"]["DDPM-1000@256"], q["diffusers_ema"]["DDPM-1000@256"], q["real"]["n=256"]
     assert a["n"] == b["n"] == r["n"] == 256
     want = []
