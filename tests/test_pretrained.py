@@ -219,6 +219,7 @@ def test_the_cards_hand_copied_numbers_are_the_quality_files():
         "0.5 |": "ours_mix05",
         "**this model": "ours",
         "diffusers": "diffusers_ema",
+        "uniform t, 1,280 steps": "ours_uniform_t_1280",  # one row: DDPM-1000 at n = 256 only
     }
     seen = 0
     for line in mix.splitlines():
@@ -228,13 +229,15 @@ def test_the_cards_hand_copied_numbers_are_the_quality_files():
             continue
         sampler = cells[1]
         # a row at a second n is keyed with it (bench_vs_diffusers --n-in-key): DDPM-1000@256 beside DDPM-1000
-        d = q[role].get(f"{sampler}@{cells[2]}", q[role][sampler])
+        at_n = f"{sampler}@{cells[2]}"
+        d = q[role][at_n] if at_n in q[role] else q[role][sampler]
         want = [sampler, str(d["n"]), f"{d['frechet_clf']:.2f}", f"{d['frechet_rand']:.2f}", f"{d['border']:.4f}"]
         want += [f"{d['grey']:.4f}", f"{d['confidence']:.3f}", f"{d['accuracy']:.3f}" if "accuracy" in d else "-"]
         want += [f"{q[role]['bpd']['bpd']:.3f} ± {q[role]['bpd']['se']:.3f}" if "bpd" in q[role] else "-"]
         assert cells[1:] == want, (role, cells, want)
         seen += 1
-    assert seen == 2 * len(rows) + 2, seen  # every role with both samplers; this model and the baseline at n = 256 too
+    # six roles with both samplers; this model, the baseline and uniform t at 1,280 steps at n = 256
+    assert seen == 2 * 6 + 3, seen
     # the verdict's DDPM-1000 sentence at n = 256: this model against the baseline (real digits in brackets)
     flat = " ".join(card.split())
     num = r"(\d+\.\d+)"
