@@ -190,8 +190,9 @@ def test_resume_continues_a_stopped_run_with_its_own_settings(tmp_path, monkeypa
 @pytest.mark.parametrize(
     "flags, listed",
     [
-        (["--lr", "0.01"], "--lr 0.004 (saved) vs 0.01 (asked)"),
-        (["--batch-size", "8"], "--batch-size 512 (saved) vs 8 (asked)"),
+        # the saved values are the recipe's (TrainConfig.toy2d), which the stopped run used
+        (["--lr", "0.01"], f"--lr {TrainConfig.toy2d().lr} (saved) vs 0.01 (asked)"),
+        (["--batch-size", "8"], f"--batch-size {TrainConfig.toy2d().batch_size} (saved) vs 8 (asked)"),
         (["--dataset", "moons"], "--dataset 8gaussians (saved) vs moons (asked)"),
         (["--dataset", "moons", "--seed", "1"], "--dataset 8gaussians (saved) vs moons (asked), --seed 0 (saved) vs 1"),
         (["--n-data", "65"], "--n-data 64 (saved) vs 65 (asked)"),
