@@ -124,9 +124,10 @@ class TrainConfig:
         CLI's 96-wide MLP. EMA 0.999: with the former 0.995 DDIM-50 missed 1.5 times the noise floor on seed 2
         (energy distance 1.73; 1.41 with 200 steps) while DDPM met it (1.43): the ODE of weights averaged over about
         200 steps was rough, not the distribution wrong; a 1,000-step average smooths it. Batch 384, not 512: as
-        close to the data on seeds 0 to 2 (worst ratio 1.43) in 63 s instead of 72 to 75 s of training on one core
-        of the 2-vCPU AMD EPYC of the MNIST model card; 256 and 320 (46 to 58 s) and 4,000 steps of 384 (54 to 58 s)
-        each left a seed's energy distance at 1.50 to 1.56 times the floor (DDPM or DDIM-50).
+        close to the data on seeds 0 to 2 (worst ratio 1.43) in 63 s (53 s, the other core idle) instead of 72 to 75
+        s of training on one core of the 2-vCPU AMD EPYC of the MNIST model card; 256 and 320 (46 to 58 s) and 4,000
+        steps of 384 (54 to 58 s) each left a seed's energy distance at 1.50 to 1.56 times the floor (DDPM or
+        DDIM-50).
         ``benchmarks/bench_toy2d.py --seeds 0 1 2 3 4`` runs the README's command per seed and judges it.
         """
         recipe = dict(
