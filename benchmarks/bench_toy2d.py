@@ -19,12 +19,12 @@ import argparse
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_ddim_spacing import cli  # python -m ddpm_tutor on one core, as a reader runs it
 
 from ddpm_tutor.data import toy2d
 from ddpm_tutor.diffusion import Denoiser
@@ -120,15 +120,6 @@ def overhead(args) -> list[tuple]:
 
 
 RATIOS = re.compile(r"ratio ([0-9.]+)\); energy distance .* ratio ([0-9.]+)\)")
-
-
-def cli(*argv: str) -> str:
-    """stdout of ``python -m ddpm_tutor ARGV`` on one core, as a reader runs it; stops the benchmark if it fails."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "ddpm_tutor", *argv], capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        raise SystemExit(f"python -m ddpm_tutor {' '.join(argv)} failed:\n{r.stderr}")
-    return r.stdout
 
 
 def readme_seeds(args) -> None:
