@@ -260,6 +260,13 @@ def test_the_cards_hand_copied_numbers_are_the_quality_files():
     paired = q["diffusers_ema"]["bpd_paired"]
     assert paired["minus"] == "ours" and paired["n"] == q["ours"]["bpd"]["n"] == q["diffusers_ema"]["bpd"]["n"]
     assert f"baseline minus this model, is {paired['mean']:.3f} ± {paired['se']:.3f}" in flat
+    # the bullet on uniform t at 1,280 steps quotes its DDPM-1000 row at n = 256 beside this model's and the baseline's
+    u = q["ours_uniform_t_1280"]["DDPM-1000@256"]
+    fr, gr = (lambda d: f"{d['frechet_rand']:.2f}"), (lambda d: f"{d['grey']:.4f}")
+    assert f"reached {fr(u)} against this model's {fr(a)} (baseline {fr(b)}, real digits {fr(r)})" in flat
+    assert f"did not move ({gr(u)} against {gr(a)}; baseline {gr(b)})" in flat
+    assert f"classifier's distance ({u['frechet_clf']:.2f} against {a['frechet_clf']:.2f})" in flat
+    assert u["confidence"] > a["confidence"] and u["accuracy"] > a["accuracy"]  # "confidence and label accuracy"
     ours = q["ours"]["DDIM-50"]
     per_class = re.search(r"per class at DDIM-50: ([0-9., ]+) for 0 to 9", card.replace("\n", " "))[1]
     assert per_class.strip(" ,") == ", ".join(f"{a:.2f}" for a in ours["accuracy_per_class"])
