@@ -220,6 +220,7 @@ def test_the_cards_hand_copied_numbers_are_the_quality_files():
         "**this model": "ours",
         "diffusers": "diffusers_ema",
         "uniform t, 1,280 steps": "ours_uniform_t_1280",  # one row: DDPM-1000 at n = 256 only
+        "2,560 steps": "ours_2560",  # DDIM-50, and DDPM-1000 at n = 256
     }
     seen = 0
     for line in mix.splitlines():
@@ -236,8 +237,8 @@ def test_the_cards_hand_copied_numbers_are_the_quality_files():
         want += [f"{q[role]['bpd']['bpd']:.3f} ± {q[role]['bpd']['se']:.3f}" if "bpd" in q[role] else "-"]
         assert cells[1:] == want, (role, cells, want)
         seen += 1
-    # six roles with both samplers; this model, the baseline and uniform t at 1,280 steps at n = 256
-    assert seen == 2 * 6 + 3, seen
+    # six roles with both samplers; this model, the baseline and uniform t at 1,280 steps at n = 256; 2,560 steps
+    assert seen == 2 * 6 + 3 + 2, seen
     # the verdict's DDPM-1000 sentence at n = 256: this model against the baseline (real digits in brackets)
     flat = " ".join(card.split())
     num = r"(\d+\.\d+)"
@@ -267,6 +268,30 @@ def test_the_cards_hand_copied_numbers_are_the_quality_files():
     assert f"did not move ({gr(u)} against {gr(a)}; baseline {gr(b)})" in flat
     assert f"classifier's distance ({u['frechet_clf']:.2f} against {a['frechet_clf']:.2f})" in flat
     assert u["confidence"] > a["confidence"] and u["accuracy"] > a["accuracy"]  # "confidence and label accuracy"
+    # the bullet on twice the steps: its DDPM-1000 row at n = 256, its DDIM-50 row and its paired bits/dim
+    L, L50, o50 = q["ours_2560"]["DDPM-1000@256"], q["ours_2560"]["DDIM-50"], q["ours"]["DDIM-50"]
+    pl = q["ours_2560"]["bpd_paired"]
+    assert pl["minus"] == "ours" and pl["n"] == q["ours"]["bpd"]["n"] == q["ours_2560"]["bpd"]["n"]
+    said = f"reached a random-net distance of {fr(L)} against this model's {fr(a)} with DDPM-1000 (baseline {fr(b)}"
+    assert f"{said}, real digits {fr(r)})" in flat
+    assert f"grey pixels {gr(L)} against {gr(a)} (baseline {gr(b)})" in flat
+    assert f"classifier's distance ({L['frechet_clf']:.2f} against {b['frechet_clf']:.2f})" in flat
+    assert f"bright frame pixels ({L['border']:.4f} against {b['border']:.4f})" in flat
+    assert f"confidence ({L['confidence']:.3f} against {b['confidence']:.3f})" in flat
+    bl = q["ours_2560"]["bpd"]
+    said = f"bits/dim: {bl['bpd']:.3f} ± {bl['se']:.3f}, and on the same 32 digits {pl['mean']:.3f} ± {pl['se']:.3f}"
+    assert f"{said} against" in flat
+    assert f"the baseline's paired difference is {paired['mean']:.3f} ± {paired['se']:.3f}" in flat
+    said = (
+        f"classifier distance {L50['frechet_clf']:.2f} against {o50['frechet_clf']:.2f}, random net {fr(L50)} against "
+        f"{fr(o50)}, grey pixels {gr(L50)} against {gr(o50)}, "
+        f"label accuracy {L50['accuracy']:.3f} against {o50['accuracy']:.3f}"
+    )
+    assert said in flat, said
+    better = {"frechet_clf": -1, "frechet_rand": -1, "border": -1, "grey": -1, "confidence": 1, "accuracy": 1}
+    assert all(s * (L50[k] - o50[k]) > 0 for k, s in better.items())  # "on every axis" with DDIM-50
+    assert L["frechet_rand"] > b["frechet_rand"] and pl["mean"] < paired["mean"]  # still behind there; ahead in bits
+    assert f"closed most of it (random-net {fr(L)}, grey pixels {gr(L)}:" in flat
     ours = q["ours"]["DDIM-50"]
     per_class = re.search(r"per class at DDIM-50: ([0-9., ]+) for 0 to 9", card.replace("\n", " "))[1]
     assert per_class.strip(" ,") == ", ".join(f"{a:.2f}" for a in ours["accuracy_per_class"])
