@@ -292,6 +292,22 @@ def test_the_cards_hand_copied_numbers_are_the_quality_files():
     assert all(s * (L50[k] - o50[k]) > 0 for k, s in better.items())  # "on every axis" with DDIM-50
     assert L["frechet_rand"] > b["frechet_rand"] and pl["mean"] < paired["mean"]  # still behind there; ahead in bits
     assert f"closed most of it (random-net {fr(L)}, grey pixels {gr(L)}:" in flat
+    # the bullet on bf16 autocast: DDIM-20 / DDIM-50 / DDPM-1000 at n = 256, bf16 against this model's float32
+    keys = ("DDIM-20", "DDIM-50", "DDPM-1000@256")
+    h, o = [q["ours_bf16"][k] for k in keys], [q["ours"][k] for k in keys]
+    assert all(d["n"] == 256 for d in h + o)
+
+    def three(rows, key, f):
+        return " / ".join(format(d[key], f) for d in rows)
+
+    for key, name, f in (
+        ("frechet_clf", "classifier Frechet", ".2f"),
+        ("frechet_rand", "random-net", ".2f"),
+        ("grey", "grey pixels", ".4f"),
+        ("accuracy", "label accuracy", ".3f"),
+    ):
+        said = f"{name} {three(h, key, f)} against {three(o, key, f)}"
+        assert said in flat, said
     ours = q["ours"]["DDIM-50"]
     per_class = re.search(r"per class at DDIM-50: ([0-9., ]+) for 0 to 9", card.replace("\n", " "))[1]
     assert per_class.strip(" ,") == ", ".join(f"{a:.2f}" for a in ours["accuracy_per_class"])
