@@ -221,6 +221,7 @@ def test_the_cards_hand_copied_numbers_are_the_quality_files():
         "diffusers": "diffusers_ema",
         "uniform t, 1,280 steps": "ours_uniform_t_1280",  # one row: DDPM-1000 at n = 256 only
         "2,560 steps": "ours_2560",  # DDIM-50, and DDPM-1000 at n = 256
+        "2,400 steps, bf16": "ours_bf16_2400",  # likewise
     }
     seen = 0
     for line in mix.splitlines():
@@ -238,7 +239,8 @@ def test_the_cards_hand_copied_numbers_are_the_quality_files():
         assert cells[1:] == want, (role, cells, want)
         seen += 1
     # six roles with both samplers; this model, the baseline and uniform t at 1,280 steps at n = 256; 2,560 steps
-    assert seen == 2 * 6 + 3 + 2, seen
+    # and 2,400 in bf16 with both
+    assert seen == 2 * 6 + 3 + 2 * 2, seen
     # the verdict's DDPM-1000 sentence at n = 256: this model against the baseline (real digits in brackets)
     flat = " ".join(card.split())
     num = r"(\d+\.\d+)"
@@ -308,6 +310,21 @@ def test_the_cards_hand_copied_numbers_are_the_quality_files():
     ):
         said = f"{name} {three(h, key, f)} against {three(o, key, f)}"
         assert said in flat, said
+    # the bullet on 2,400 steps in bf16: its DDPM-1000 row at n = 256 against the baseline, ahead of this model
+    B, pb = q["ours_bf16_2400"], q["ours_bf16_2400"]["bpd_paired"]
+    Bd = B["DDPM-1000@256"]
+    assert pb["minus"] == "ours" and pb["n"] == B["bpd"]["n"] == q["ours"]["bpd"]["n"]
+    assert f"random-net distance of {fr(Bd)} (baseline {fr(b)}) and grey pixels {gr(Bd)} (baseline {gr(b)})" in flat
+    assert f"classifier's distance ({Bd['frechet_clf']:.2f} against {b['frechet_clf']:.2f}) and confidence" in flat
+    assert f"confidence ({Bd['confidence']:.3f} against {b['confidence']:.3f})" in flat
+    assert f"level on bright frame pixels ({Bd['border']:.4f} against {b['border']:.4f})" in flat
+    bb = B["bpd"]
+    said = f"bits/dim {bb['bpd']:.3f} ± {bb['se']:.3f}, and {pb['mean']:.3f} ± {pb['se']:.3f} against this model"
+    assert said in flat, said
+    for k, mine in (("DDIM-20", "DDIM-20"), ("DDIM-50", "DDIM-50"), ("DDPM-1000@256", "DDPM-1000@256")):
+        x, y = B[k], q["ours"][mine]  # "ahead of this model with DDIM-20, DDIM-50 and DDPM-1000 on ..."
+        assert all(s * (x[a] - y[a]) > 0 for a, s in better.items()), k
+    assert pb["mean"] < 0 and Bd["frechet_rand"] > b["frechet_rand"]  # ahead in bits/dim; behind on the random net
     ours = q["ours"]["DDIM-50"]
     per_class = re.search(r"per class at DDIM-50: ([0-9., ]+) for 0 to 9", card.replace("\n", " "))[1]
     assert per_class.strip(" ,") == ", ".join(f"{a:.2f}" for a in ours["accuracy_per_class"])
