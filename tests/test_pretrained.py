@@ -325,6 +325,7 @@ def test_the_cards_hand_copied_numbers_are_the_quality_files():
         x, y = B[k], q["ours"][mine]  # "ahead of this model with DDIM-20, DDIM-50 and DDPM-1000 on ..."
         assert all(s * (x[a] - y[a]) > 0 for a, s in better.items()), k
     assert pb["mean"] < 0 and Bd["frechet_rand"] > b["frechet_rand"]  # ahead in bits/dim; behind on the random net
+    assert f"the random-net distance still stays behind ({fr(Bd)}:" in flat  # the verdict's DDPM-1000 sentence
     ours = q["ours"]["DDIM-50"]
     per_class = re.search(r"per class at DDIM-50: ([0-9., ]+) for 0 to 9", card.replace("\n", " "))[1]
     assert per_class.strip(" ,") == ", ".join(f"{a:.2f}" for a in ours["accuracy_per_class"])
